@@ -1,0 +1,38 @@
+"""The drafter interface (think transformers' candidate generators): ``propose`` the next
+tokens, then ``accepted`` tells it how many the target kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.sampling import SamplingParams
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)  # in the target's vocabulary
+    # q_rows[i]: the distribution tokens[i] was drawn from (target vocabulary); None: one-hot
+    q_rows: list[np.ndarray] | None = None
+
+
+class Drafter:
+    name = "none"
+
+    def propose(self, context: Sequence[int], k: int) -> Draft:
+        """Up to ``k`` tokens likely to follow ``context`` (prompt + everything accepted)."""
+        return Draft()
+
+    def accepted(self, n_accepted: int, n_drafted: int) -> None:
+        """How many of the last proposal the target kept."""
+
+    def reset(self, sampling: SamplingParams) -> None:
+        """A new reply starts, sampled with ``sampling``."""
+
+    def close(self) -> None:
+        """Free resources (model contexts)."""
+
+
+NoDrafter = Drafter

@@ -1,0 +1,80 @@
+"""Drafting with a small model that shares the target's vocabulary.
+
+The draft model keeps its own KV cache. Before each proposal it is brought in step with the
+accepted text by comparing token lists: the common prefix stays, the rest (normally the one or
+two tokens accepted since the last call) is evaluated. It drafts greedily at temperature 0
+(stopping early when its own confidence falls below ``min_confidence``) and samples from its
+tempered distribution otherwise, reporting that distribution for rejection sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.drafters.base import Draft, Drafter
+from engine.errors import ContextFull
+from engine.runtime import Model, common_prefix
+from engine.sampling import SamplingParams, confidence, distribution, draw
+
+
+def sync_cache(model: Model, tokens: Sequence[int]) -> np.ndarray:
+    """Make ``model``'s cache hold ``tokens`` (reusing the common prefix) and return the
+    logits after the last one."""
+    keep = min(common_prefix(model.kv_tokens, tokens), len(tokens) - 1)
+    model.truncate(keep)
+    return model.decode(list(tokens[keep:]), logits="last")[0]
+
+
+class ModelDrafter(Drafter):
+    name = "draft-model"
+
+    def __init__(self, model: Model, min_confidence: float = 0.0) -> None:
+        self.model = model
+        self.min_confidence = min_confidence
+        self.sampling = SamplingParams()
+        self.rng = np.random.default_rng(0)
+        self.confidences: list[float] = []  # the draft's own probability of each token
+
+    def reset(self, sampling: SamplingParams) -> None:
+        self.sampling = sampling
+        self.rng = np.random.default_rng(sampling.seed + 1)
+
+    def propose(self, context: Sequence[int], k: int) -> Draft:
+        try:
+            logits = sync_cache(self.model, context)
+        except ContextFull:
+            return Draft()
+        return self.draft_from(logits, k, lambda token: token)
+
+    def draft_from(self, logits: np.ndarray, k: int, to_target) -> Draft:
+        """Draft up to ``k`` tokens from the draft's next-token ``logits``; ``to_target`` maps a
+        draft id to a target id (identity here; the universal drafter overrides it)."""
+        tokens: list[int] = []
+        q_rows: list[np.ndarray] | None = None if self.sampling.greedy else []
+        self.confidences = []
+        while True:
+            if self.sampling.greedy:
+                token, conf = confidence(logits)
+            else:
+                q = distribution(logits, self.sampling)
+                token = draw(q, self.rng)
+                conf = float(q[token])
+                q_rows.append(q)
+            if self.model.is_eog(token):
+                if q_rows:
+                    q_rows.pop()
+                break
+            tokens.append(token)
+            self.confidences.append(conf)
+            if len(tokens) >= k or conf < self.min_confidence:
+                break
+            try:
+                logits = self.model.decode([token], logits="last")[0]
+            except ContextFull:
+                break
+        return Draft([to_target(t) for t in tokens], q_rows)
+
+    def close(self) -> None:
+        self.model.close()

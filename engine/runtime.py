@@ -1,0 +1,289 @@
+"""A thin, fast layer over llama-cpp-python's low-level API: load a GGUF, tokenize, evaluate a
+batch at given positions with logits only where needed, read logits as numpy views, and roll
+the KV cache back to any position.
+
+``Model.kv_tokens`` is the exact list of tokens whose keys/values sit in the cache, so callers
+(the decoding loop, drafters) keep their caches in step by comparing token lists instead of
+re-evaluating anything.
+
+Not for: choosing tokens (``engine.sampling`` / ``engine.verify``) or the decoding loop
+(``engine.speculative``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exact numerics (see README "Lossless"): llama.cpp's CPU backend computes a K-quant matmul
+# of >= 4 rows through the repacked gemm kernel and of >= 8 rows through the tiled kernel, and
+# both round differently from the one-row path, so a verify batch would not see the logits
+# plain decoding sees. With both off, batch and single-token logits are bit-identical. The
+# tiled switch is read once per process from the environment, so it is set before llama.cpp
+# runs anything. TANDEM_NUMERICS=fast keeps llama.cpp's defaults.
+EXACT_NUMERICS = os.environ.get("TANDEM_NUMERICS", "exact") != "fast"
+if EXACT_NUMERICS:
+    os.environ["GGML_CPU_TILED_MM"] = "0"
+
+import llama_cpp
+import numpy as np
+
+from engine.errors import ContextFull, InvalidModelFile, TandemError
+from engine.gguf_check import GGUFInfo, validate_gguf
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_recent_log: list[str] = []
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # keep llama.cpp quiet, but remember its last lines for error messages
+    if level >= 2 or os.environ.get("TANDEM_LLAMA_LOG"):
+        line = text.decode("utf-8", errors="replace")
+        _recent_log.append(line)
+        del _recent_log[:-20]
+        if os.environ.get("TANDEM_LLAMA_LOG"):
+            print(line, end="")
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def gpu_offload_supported() -> bool:
+    _init_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_threads: int | None = None  # None: physical cores
+    n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
+    flash_attn: bool | None = None  # None: llama.cpp decides
+    # repacked CPU weight layouts; None: off with exact numerics, else llama.cpp's default
+    extra_bufts: bool | None = None
+
+    def threads(self) -> int:
+        return self.n_threads or physical_cores()
+
+    def gpu_layers(self) -> int:
+        if self.n_gpu_layers is not None:
+            return self.n_gpu_layers
+        return 999 if gpu_offload_supported() else 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Model:
+    def __init__(self, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
+                 vocab_only: bool = False) -> None:
+        self.path = Path(path)
+        self.options = options
+        self.info: GGUFInfo = validate_gguf(self.path)
+        _init_backend()
+        self._model = self._ctx = self._batch = None
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.vocab_only = vocab_only
+        mparams.n_gpu_layers = 0 if vocab_only else options.gpu_layers()
+        if options.extra_bufts is not None:
+            mparams.use_extra_bufts = options.extra_bufts
+        elif EXACT_NUMERICS:
+            mparams.use_extra_bufts = False
+        _recent_log.clear()
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise InvalidModelFile(str(self.path), "llama.cpp refused it: "
+                                   + " ".join(line.strip() for line in _recent_log[-3:]))
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.metadata = self._read_metadata()
+        self.bos = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.vocab_type = llama_cpp.llama_vocab_type(self._vocab)
+        self._pieces: dict[int, bytes] = {}
+        self.kv_tokens: list[int] = []
+        self.n_ctx = 0
+        if vocab_only:
+            return
+        cparams = llama_cpp.llama_context_default_params()
+        n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_ctx = min(options.n_ctx, n_ctx_train) if n_ctx_train > 0 else options.n_ctx
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = cparams.n_ubatch = options.n_batch
+        cparams.n_threads = cparams.n_threads_batch = options.threads()
+        cparams.no_perf = True
+        if options.flash_attn is not None:
+            cparams.flash_attn_type = int(options.flash_attn)
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise TandemError(f"Could not create a context of {self.n_ctx} tokens for "
+                              f"'{self.path.name}' (out of memory?).")
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = options.n_batch
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+
+    # ---- metadata and vocabulary -------------------------------------------------------
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1 << 16)
+        for i in range(llama_cpp.llama_model_meta_count(self._model)):
+            n = llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
+            key = buf.value[:max(n, 0)].decode("utf-8", "replace")
+            n = llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
+            if n >= len(buf):
+                big = ctypes.create_string_buffer(n + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self._model, i, big, len(big))
+                out[key] = big.value.decode("utf-8", "replace")
+            else:
+                out[key] = buf.value[:max(n, 0)].decode("utf-8", "replace")
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "unknown")
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True
+                 ) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        while True:
+            out = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, capacity,
+                                         add_special, parse_special)
+            if n >= 0:
+                return list(out[:n])
+            capacity = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry's raw text (e.g. 'Ġthe'), as stored in the GGUF."""
+        raw = llama_cpp.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def is_control(self, token: int) -> bool:
+        attr = llama_cpp.llama_vocab_get_attr(self._vocab, token)
+        mask = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        return bool(attr & mask)
+
+    # ---- evaluation and KV cache -------------------------------------------------------
+    def decode(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
+        """Append ``tokens`` to the cache. ``logits``: "none", "last" or "all" (rows in order).
+        The returned array is a view into llama.cpp's buffer, valid until the next decode."""
+        if not tokens:
+            return None
+        if len(self.kv_tokens) + len(tokens) > self.n_ctx:
+            raise ContextFull(self.n_ctx)
+        if logits == "all" and len(tokens) > self.n_batch:
+            raise ValueError("cannot return logits for more than n_batch tokens at once")
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            last_chunk = start + self.n_batch >= len(tokens)
+            pos0 = len(self.kv_tokens)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = last_chunk and (logits == "all" or
+                                                  (logits == "last" and i == len(chunk) - 1))
+            batch.n_tokens = len(chunk)
+            code = llama_cpp.llama_decode(self._ctx, batch)
+            if code != 0:
+                raise TandemError(f"llama.cpp could not evaluate the batch (code {code}); the "
+                                  "context may be full or memory exhausted.")
+            self.kv_tokens.extend(chunk)
+        if logits == "none":
+            return None
+        rows = len(tokens) if logits == "all" else 1
+        pointer = llama_cpp.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(pointer, shape=(rows, self.n_vocab))
+
+    def truncate(self, n_keep: int) -> None:
+        """Roll the KV cache back so it holds only the first ``n_keep`` tokens."""
+        if n_keep >= len(self.kv_tokens):
+            return
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+            kept = self.kv_tokens[:n_keep]  # models whose memory cannot be cut: rebuild
+            llama_cpp.llama_memory_clear(self._memory, True)
+            self.kv_tokens = []
+            self.decode(kept, logits="none")
+            return
+        del self.kv_tokens[n_keep:]
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Make the cache hold ``tokens[:-1]``, reusing the longest common prefix; the last
+        token is left for the first decoding step, which needs its logits."""
+        keep = min(common_prefix(self.kv_tokens, tokens), len(tokens) - 1)
+        self.truncate(keep)
+        self.decode(list(tokens[keep:-1]), logits="none")
+
+    def reset(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_memory_clear(self._memory, True)
+        self.kv_tokens = []
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,85 @@
+"""Speculation statistics, per step and per message. Plain data, so they cross process
+boundaries and serialise to JSON as they are."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StepStats:
+    drafter: str
+    window: int  # k the controller asked for
+    drafted: int  # tokens actually proposed
+    accepted: int
+    draft_seconds: float
+    verify_seconds: float
+
+
+@dataclass
+class MessageStats:
+    tokens: int = 0  # tokens emitted
+    drafted: int = 0
+    accepted: int = 0
+    target_passes: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    seconds: float = 0.0  # generation wall time (after the prompt)
+    drafted_at: list[int] = field(default_factory=list)  # per draft position
+    accepted_at: list[int] = field(default_factory=list)
+    drafter: str = "none"
+    window: int = 0
+    controller_note: str = ""
+    expected_speedup: float | None = None
+    plain_tok_per_s: float | None = None  # measured plain rate of this target (calibration)
+
+    def add(self, step: StepStats) -> None:
+        self.drafted += step.drafted
+        self.accepted += step.accepted
+        self.target_passes += 1
+        self.draft_seconds += step.draft_seconds
+        self.verify_seconds += step.verify_seconds
+        if step.drafted or not self.drafted:  # a budget-limited last step keeps the label
+            self.drafter, self.window = step.drafter, step.window
+        while len(self.drafted_at) < step.drafted:
+            self.drafted_at.append(0)
+            self.accepted_at.append(0)
+        for position in range(step.drafted):
+            self.drafted_at[position] += 1
+            self.accepted_at[position] += position < step.accepted
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.tokens / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        """Measured rate / measured plain rate of the same target; None when unknown."""
+        if not self.plain_tok_per_s or not self.seconds:
+            return None
+        return self.tok_per_s / self.plain_tok_per_s
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(acceptance=self.acceptance, tokens_per_pass=self.tokens_per_pass,
+                    tok_per_s=self.tok_per_s, speedup=self.speedup)
+        return data
+
+    def summary_line(self) -> str:
+        parts = [f"{self.tokens} tokens", f"{self.tok_per_s:.1f} tok/s"]
+        if self.acceptance is not None:
+            parts.append(f"acceptance {100 * self.acceptance:.0f}%")
+        if self.speedup is not None:
+            parts.append(f"{self.speedup:.2f}x vs plain")
+        parts.append(f"drafter {self.drafter}" + (f", window {self.window}" if self.window else ""))
+        return " · ".join(parts)

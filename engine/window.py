@@ -1,0 +1,46 @@
+"""Window policies: which drafter runs at each step and how many tokens it drafts.
+
+``FixedWindow`` always uses one drafter and one k (the benchmark's fixed modes and the UI's
+"fixed window"). The adaptive controller lives in ``engine.controller`` and implements the same
+five methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.drafters.base import Drafter
+from engine.sampling import SamplingParams
+from engine.stats import MessageStats, StepStats
+
+
+class WindowPolicy:
+    def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
+        """A reply starts for ``prompt``."""
+
+    def choose(self) -> tuple[Drafter, int]:
+        raise NotImplementedError
+
+    def observe(self, step: StepStats) -> None:
+        """The outcome of the step just run."""
+
+    def note(self) -> str:
+        """Why the policy chose what it chose (shown in the UI)."""
+        return ""
+
+    def finish(self, stats: MessageStats) -> None:
+        """The reply is done."""
+
+
+class FixedWindow(WindowPolicy):
+    def __init__(self, drafter: Drafter, k: int) -> None:
+        self.drafter, self.k = drafter, k
+
+    def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
+        self.drafter.reset(sampling)
+
+    def choose(self) -> tuple[Drafter, int]:
+        return self.drafter, self.k
+
+    def note(self) -> str:
+        return f"fixed window {self.k}" if self.k else "speculation off"

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Tandem's one entry point (standard library only, Python 3.9+).
+
+    python3 launcher.py                 set up if needed, fetch the offline models, start the app
+    python3 launcher.py test            set up if needed, run the whole test suite
+    python3 launcher.py bench [ARGS]    run the benchmark on the dev prompts
+    python3 launcher.py models [ARGS]   list / fetch / verify models
+
+Set-up means: a private virtual environment in ``.venv`` next to this file, the pinned
+requirements installed into it (again only when requirements.txt or the accelerator choice
+changes), and the offline default models fetched (only missing or corrupt ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("TANDEM_VENV", ROOT / ".venv"))
+STAMP = VENV / "tandem-install.json"
+LOG = ROOT / "tandem-launcher.log"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class LaunchError(Exception):
+    """A failure with a sentence the user can act on."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+    with open(LOG, "a", encoding="utf-8") as handle:
+        handle.write(message + "\n")
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def detect_accelerator(force_cpu: bool) -> str:
+    if force_cpu:
+        return "cpu"
+    if shutil.which("nvidia-smi"):
+        try:
+            subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
+            return "cuda"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal"
+    return "cpu"
+
+
+CMAKE_ARGS = {"cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "cpu": ""}
+
+
+def requirements_hash(requirements: Path, accelerator: str) -> str:
+    digest = hashlib.sha256(requirements.read_bytes())
+    digest.update(accelerator.encode())
+    return digest.hexdigest()
+
+
+def run_logged(cmd: list[str], env: dict | None = None) -> int:
+    """Run a command, echoing its output to the console and the log file."""
+    with open(LOG, "a", encoding="utf-8") as handle:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            handle.write(line)
+            if not line.startswith("WARNING: Location"):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def ensure_venv(requirements: Path, accelerator: str) -> Path:
+    python = venv_python()
+    if not python.exists():
+        log(f"Creating a private Python environment in {VENV} …")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        except subprocess.CalledProcessError as error:
+            raise LaunchError("Could not create the virtual environment.",
+                              "Install Python's venv module (on Debian/Ubuntu: "
+                              "apt install python3-venv).") from error
+    wanted = requirements_hash(requirements, accelerator)
+    try:
+        installed = json.loads(STAMP.read_text()).get("hash")
+    except (OSError, ValueError):
+        installed = None
+    if installed == wanted:
+        return python
+    log(f"Installing Tandem's requirements ({accelerator} build). The first install compiles "
+        "llama.cpp from source and takes several minutes (about 8-9 on 2 cores); later "
+        "starts skip this.")
+    free = shutil.disk_usage(VENV).free
+    if free < 2 * 1024**3:
+        raise LaunchError(f"Only {free / 1024**3:.1f} GiB of disk space is free.",
+                          "Free at least 2 GiB (plus about 2 GiB for the models) and retry.")
+    env = dict(os.environ)
+    if CMAKE_ARGS[accelerator]:
+        env["CMAKE_ARGS"] = (env.get("CMAKE_ARGS", "") + " " + CMAKE_ARGS[accelerator]).strip()
+    code = run_logged([str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                       "-r", str(requirements)], env=env)
+    if code != 0:
+        raise LaunchError("Installing the requirements failed (see the output above).",
+                          likely_fix_for_install_failure())
+    STAMP.write_text(json.dumps({"hash": wanted, "accelerator": accelerator,
+                                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    return python
+
+
+def likely_fix_for_install_failure() -> str:
+    tail = LOG.read_text(encoding="utf-8", errors="replace")[-6000:].lower()
+    if "no space left" in tail:
+        return "The disk is full: free a few GiB and run the launcher again."
+    if any(word in tail for word in ("could not find a version", "connection", "resolve",
+                                     "network is unreachable", "temporary failure")):
+        return ("A package could not be downloaded: check the internet connection (or the "
+                "package name/version in requirements.txt) and run the launcher again.")
+    if any(word in tail for word in ("cmake", "compiler", "gcc", "cc1", "c++")):
+        return ("llama.cpp could not be compiled: install a C/C++ compiler and CMake "
+                "(Debian/Ubuntu: apt install build-essential cmake; macOS: xcode-select "
+                "--install; Windows: Visual Studio Build Tools).")
+    return "Read the log above; running the launcher again retries the install."
+
+
+def ensure_chromium() -> None:
+    """Browser tests need Debian's chromium; install it where we can (root with apt-get)."""
+    if shutil.which("chromium") or not shutil.which("apt-get"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        log("chromium is not installed: the browser tests will be skipped "
+            "(install it with: sudo apt-get install chromium).")
+        return
+    log("Installing chromium for the browser tests …")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run_logged(["apt-get", "update", "-q"], env=env)
+    if run_logged(["apt-get", "install", "-y", "-q", "chromium"], env=env) != 0:
+        log("Could not install chromium; the browser tests will be skipped.")
+
+
+def fetch_models(python: Path) -> None:
+    code = run_logged([str(python), "-m", "engine.models", "fetch"])
+    if code != 0:
+        raise LaunchError("Fetching the offline default models failed.",
+                          "Check the network connection and free disk space, then run the "
+                          "launcher again: finished parts are kept.")
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    if host in LOOPBACK:
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    if not allow_remote:
+        raise LaunchError(f"Refusing to listen on '{host}': Tandem serves only this computer.",
+                          "Use --host 127.0.0.1, or add --allow-remote if you really want "
+                          "other machines on your network to reach it.")
+    log(f"WARNING: listening on {host}: anyone who can reach this address can use Tandem.")
+
+
+def free_port(host: str, preferred: int) -> int:
+    for port in [preferred, *range(preferred + 1, preferred + 50)]:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="launcher.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="app",
+                        choices=["app", "test", "bench", "models", "setup"])
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback --host (prints a warning)")
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="build llama.cpp for the CPU only")
+    parser.add_argument("--requirements", default=str(ROOT / "requirements.txt"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--skip-models", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        check_host(args.host, args.allow_remote)
+        accelerator = detect_accelerator(args.cpu)
+        log(f"Tandem: accelerator = {accelerator}{' (forced)' if args.cpu else ''}")
+        python = ensure_venv(Path(args.requirements), accelerator)
+        if args.command == "setup":
+            return 0
+        os.chdir(ROOT)
+        if args.command == "models":
+            return subprocess.call([str(python), "-m", "engine.models", *(rest or ["list"])])
+        if not args.skip_models:
+            fetch_models(python)
+        if args.command == "test":
+            ensure_chromium()
+            return subprocess.call([str(python), "-m", "pytest", *rest])
+        if args.command == "bench":
+            return subprocess.call([str(python), "-m", "engine.bench", *rest])
+        port = free_port(args.host, args.port)
+        cmd = [str(python), "-m", "app", "--host", args.host, "--port", str(port)]
+        if args.no_browser:
+            cmd.append("--no-browser")
+        log(f"Starting Tandem on http://{args.host}:{port} …")
+        return subprocess.call(cmd)
+    except LaunchError as error:
+        log(f"\nTandem could not start: {error}")
+        if error.fix:
+            log(f"What to do: {error.fix}")
+        log(f"Full log: {LOG}")
+        if sys.stdin is not None and sys.stdin.isatty() and not os.environ.get("CI"):
+            input("Press Enter to close this window.")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
