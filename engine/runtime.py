@@ -185,16 +185,19 @@ class Model:
                 return list(out[:n])
             capacity = -n
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes a token stands for (control tokens render as nothing)."""
-        piece = self._pieces.get(token)
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing unless
+        ``special``)."""
+        key = -1 - token if special else token
+        piece = self._pieces.get(key)
         if piece is None:
             buf = ctypes.create_string_buffer(256)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = self._pieces[token] = buf.raw[:n]
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0,
+                                                   special)
+            piece = self._pieces[key] = buf.raw[:n]
         return piece
 
     def detokenize(self, tokens: Sequence[int]) -> str:

@@ -37,7 +37,7 @@ class FixedWindow(WindowPolicy):
         self.drafter, self.k = drafter, k
 
     def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
-        self.drafter.reset(sampling)
+        self.drafter.reset(prompt, sampling)
 
     def choose(self) -> tuple[Drafter, int]:
         return self.drafter, self.k

@@ -28,8 +28,8 @@ class Drafter:
     def accepted(self, n_accepted: int, n_drafted: int) -> None:
         """How many of the last proposal the target kept."""
 
-    def reset(self, sampling: SamplingParams) -> None:
-        """A new reply starts, sampled with ``sampling``."""
+    def reset(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
+        """A new reply to ``prompt`` starts, sampled with ``sampling``."""
 
     def close(self) -> None:
         """Free resources (model contexts)."""

@@ -37,7 +37,7 @@ class ModelDrafter(Drafter):
         self.rng = np.random.default_rng(0)
         self.confidences: list[float] = []  # the draft's own probability of each token
 
-    def reset(self, sampling: SamplingParams) -> None:
+    def reset(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed + 1)
 
@@ -46,11 +46,14 @@ class ModelDrafter(Drafter):
             logits = sync_cache(self.model, context)
         except ContextFull:
             return Draft()
-        return self.draft_from(logits, k, lambda token: token)
+        tokens, q_rows = self.draft_tokens(logits, k)
+        return Draft(tokens, q_rows)
 
-    def draft_from(self, logits: np.ndarray, k: int, to_target) -> Draft:
-        """Draft up to ``k`` tokens from the draft's next-token ``logits``; ``to_target`` maps a
-        draft id to a target id (identity here; the universal drafter overrides it)."""
+    def draft_tokens(self, logits: np.ndarray, k: int, logit_mask: np.ndarray | None = None
+                     ) -> tuple[list[int], list[np.ndarray] | None]:
+        """Draft up to ``k`` tokens (draft ids) from the draft's next-token ``logits``; when
+        sampling, also the distribution each was drawn from. ``logit_mask`` (0 or -inf per
+        draft id) restricts sampling to a subset of the vocabulary."""
         tokens: list[int] = []
         q_rows: list[np.ndarray] | None = None if self.sampling.greedy else []
         self.confidences = []
@@ -58,7 +61,8 @@ class ModelDrafter(Drafter):
             if self.sampling.greedy:
                 token, conf = confidence(logits)
             else:
-                q = distribution(logits, self.sampling)
+                q = distribution(logits if logit_mask is None else logits + logit_mask,
+                                 self.sampling)
                 token = draw(q, self.rng)
                 conf = float(q[token])
                 q_rows.append(q)
@@ -74,7 +78,7 @@ class ModelDrafter(Drafter):
                 logits = self.model.decode([token], logits="last")[0]
             except ContextFull:
                 break
-        return Draft([to_target(t) for t in tokens], q_rows)
+        return tokens, q_rows
 
     def close(self) -> None:
         self.model.close()

@@ -1,0 +1,141 @@
+"""Measuring what speculation costs on this machine: the target's time for a batch of n tokens
+(n = 1..16), each draft model's time per token, and the loop's per-step overhead. Cached per
+(machine, model file, threads, GPU layers) in the user data directory.
+
+Not for: deciding anything from the numbers (``engine.controller``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine import paths
+from engine.runtime import Model
+
+BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16)
+MAX_BATCH = 16
+WARMUP_TOKENS = 48
+
+
+@dataclass
+class CostCurve:
+    """Seconds for one target pass over n tokens (index n-1), interpolated between the measured
+    batch sizes."""
+
+    seconds: list[float]
+
+    def verify(self, n: int) -> float:
+        n = max(1, n)
+        if n <= len(self.seconds):
+            return self.seconds[n - 1]
+        per_token = (self.seconds[-1] - self.seconds[0]) / max(len(self.seconds) - 1, 1)
+        return self.seconds[-1] + per_token * (n - len(self.seconds))
+
+    @property
+    def plain_tok_per_s(self) -> float:
+        return 1.0 / self.seconds[0]
+
+
+@dataclass
+class Calibration:
+    target: CostCurve
+    draft_token_seconds: dict[str, float]  # per drafter name (n-gram: ~0)
+    step_overhead: float  # Python time per step outside the model calls
+    measured_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        data = json.loads(text)
+        return cls(CostCurve(data["target"]["seconds"]), data["draft_token_seconds"],
+                   data["step_overhead"], data["measured_at"])
+
+
+def _model_key(model: Model) -> str:
+    stat = model.path.stat()
+    return (f"{model.path.name}:{stat.st_size}:{stat.st_mtime_ns}:{model.options.threads()}:"
+            f"{model.options.gpu_layers()}")
+
+
+def cache_path(target: Model, drafts: dict[str, Model]) -> Path:
+    key = "|".join([platform.node(), platform.machine(), _model_key(target),
+                    *sorted(f"{name}={_model_key(m)}" for name, m in drafts.items())])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return paths.calibration_dir() / f"costs-{digest}.json"
+
+
+def _warm_context(model: Model) -> list[int]:
+    text = "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+    tokens = model.tokenize(text * 4)
+    return tokens[:WARMUP_TOKENS]
+
+
+def measure_target(model: Model, repeats: int = 3) -> CostCurve:
+    context = _warm_context(model)
+    model.reset()
+    model.decode(context, logits="none")
+    base = len(model.kv_tokens)
+    measured: dict[int, float] = {}
+    for n in BATCH_SIZES:
+        samples = []
+        for _ in range(repeats if n <= 6 else 2):
+            model.truncate(base)
+            start = time.perf_counter()
+            model.decode(context[:n], logits="all")
+            samples.append(time.perf_counter() - start)
+        measured[n] = statistics.median(samples)
+    model.reset()
+    seconds = []
+    sizes = sorted(measured)
+    for n in range(1, MAX_BATCH + 1):
+        lower = max(s for s in sizes if s <= n)
+        upper = min(s for s in sizes if s >= n)
+        if lower == upper:
+            seconds.append(measured[n])
+        else:
+            w = (n - lower) / (upper - lower)
+            seconds.append(measured[lower] * (1 - w) + measured[upper] * w)
+    # a longer batch never costs less than a shorter one in the model (noise aside)
+    for i in range(1, len(seconds)):
+        seconds[i] = max(seconds[i], seconds[i - 1])
+    return CostCurve(seconds)
+
+
+def measure_draft(model: Model, tokens: int = 12) -> float:
+    context = _warm_context(model)
+    model.reset()
+    model.decode(context[:16], logits="none")
+    samples = []
+    for token in context[16:16 + tokens]:
+        start = time.perf_counter()
+        model.decode([token], logits="last")
+        samples.append(time.perf_counter() - start)
+    model.reset()
+    return statistics.median(samples)
+
+
+def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) -> Calibration:
+    """Measured costs for this target and these draft models (cached unless ``refresh``)."""
+    path = cache_path(target, drafts)
+    if path.is_file() and not refresh:
+        try:
+            return Calibration.from_json(path.read_text())
+        except (ValueError, KeyError):
+            pass
+    curve = measure_target(target)
+    draft_costs = {name: measure_draft(model) for name, model in drafts.items()}
+    draft_costs["ngram"] = 0.0
+    calibration = Calibration(curve, draft_costs, step_overhead=0.0005,
+                              measured_at=time.time())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(calibration.to_json())
+    tmp.replace(path)
+    return calibration

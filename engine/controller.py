@@ -1,0 +1,225 @@
+"""The adaptive draft window: where the drafter and the draft length k are chosen.
+
+Cost model: with per-position conditional acceptance a_1..a_k for a drafter, a pass is
+expected to emit E(k) = 1 + a_1 + a_1 a_2 + … tokens and to take
+T(k) = k × draft cost + verify cost(k+1) + overhead (costs measured by ``engine.calibration``).
+The controller picks the drafter and k with the best E(k)/T(k); when that is not at least
+(1 + margin) × plain speed it turns speculation off and probes again now and then.
+
+Online, acceptance estimates are updated after every step (decayed counts per position), and
+a draft model stops drafting early when its own confidence falls below a threshold that is
+re-fitted from which confident tokens were actually accepted (DISCO-style, as in
+transformers' adaptive assistant_confidence_threshold). Estimates start from what was learned
+earlier for this pair and this prompt type (persisted in the user data directory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.calibration import Calibration
+from engine.drafters.base import Drafter
+from engine.drafters.model import ModelDrafter
+from engine.sampling import SamplingParams
+from engine.stats import MessageStats, StepStats
+from engine.window import WindowPolicy
+
+MAX_WINDOW = 16
+MARGIN = 0.05  # speculation must promise at least 5% to run
+PROBE_EVERY = 12  # steps between probes while speculation is off
+DECAY = 0.92  # weight of older observations per new one
+PRIOR_WEIGHT = 2.0
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Decayed counts of (tried, accepted) per draft position."""
+
+    tried: list[float] = field(default_factory=lambda: [0.0] * MAX_WINDOW)
+    accepted: list[float] = field(default_factory=lambda: [0.0] * MAX_WINDOW)
+    prior: float = 0.6
+
+    def rate(self, position: int) -> float:
+        t, a = self.tried[position], self.accepted[position]
+        return (a + self.prior * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT)
+
+    def rates(self) -> list[float]:
+        return [self.rate(i) for i in range(MAX_WINDOW)]
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        for i in range(drafted):
+            if i > accepted:
+                break  # positions after the first rejection were never tested
+            self.tried[i] = self.tried[i] * DECAY + 1.0
+            self.accepted[i] = self.accepted[i] * DECAY + (1.0 if i < accepted else 0.0)
+
+    def to_dict(self) -> dict:
+        return {"tried": self.tried, "accepted": self.accepted, "prior": self.prior}
+
+
+def expected_tokens(rates: Sequence[float], k: int) -> float:
+    total, chain = 1.0, 1.0
+    for i in range(k):
+        chain *= rates[i]
+        total += chain
+    return total
+
+
+def best_window(rates: Sequence[float], draft_cost: float, verify, overhead: float,
+                max_k: int = MAX_WINDOW) -> tuple[int, float]:
+    """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k."""
+    best_k, best_speed = 0, 1.0 / (verify(1) + overhead)
+    for k in range(1, max_k + 1):
+        speed = expected_tokens(rates, k) / (k * draft_cost + verify(k + 1) + overhead)
+        if speed > best_speed:
+            best_k, best_speed = k, speed
+    return best_k, best_speed
+
+
+class ConfidenceThreshold:
+    """Stop drafting when the draft's probability of its token is below a threshold fitted to
+    minimise FPR + 3·FNR over (confidence, accepted) pairs seen so far."""
+
+    def __init__(self, initial: float = 0.4) -> None:
+        self.value = initial
+        self.confidences: list[float] = []
+        self.outcomes: list[int] = []
+
+    def observe(self, confidences: Sequence[float], accepted: int) -> None:
+        for i, conf in enumerate(confidences[:accepted + 1]):
+            self.confidences.append(conf)
+            self.outcomes.append(1 if i < accepted else 0)
+        del self.confidences[:-400], self.outcomes[:-400]
+        if len(self.outcomes) >= 8 and 0 < sum(self.outcomes) < len(self.outcomes):
+            self.value = self._fit()
+
+    def _fit(self) -> float:
+        conf = np.asarray(self.confidences)
+        good = np.asarray(self.outcomes, dtype=bool)
+        best, best_cost = self.value, np.inf
+        for threshold in np.unique(conf):
+            keep = conf >= threshold
+            fpr = (keep & ~good).sum() / max((~good).sum(), 1)
+            fnr = (~keep & good).sum() / max(good.sum(), 1)
+            cost = fpr + 3 * fnr
+            if cost < best_cost:
+                best, best_cost = float(threshold), cost
+        return best
+
+
+class AcceptanceMemory:
+    """Acceptance learned per (model pair, drafter, prompt type), persisted as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def prior(self, drafter: str, category: str, default: float) -> float:
+        return float(self.data.get(f"{drafter}/{category}", default))
+
+    def remember(self, drafter: str, category: str, rate: float) -> None:
+        key = f"{drafter}/{category}"
+        old = self.data.get(key)
+        self.data[key] = rate if old is None else 0.7 * old + 0.3 * rate
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
+DEFAULT_PRIORS = {"ngram": 0.35, "draft-model": 0.7, "universal": 0.6}
+
+
+class AdaptiveController(WindowPolicy):
+    def __init__(self, drafters: Sequence[Drafter], calibration: Calibration,
+                 memory: AcceptanceMemory | None = None, category: str = "chat",
+                 max_window: int = MAX_WINDOW, margin: float = MARGIN) -> None:
+        self.drafters = list(drafters)
+        self.calibration = calibration
+        self.memory = memory
+        self.category = category
+        self.max_window = max_window
+        self.margin = margin
+        self.estimates: dict[str, AcceptanceEstimate] = {}
+        self.thresholds = {d.name: ConfidenceThreshold() for d in self.drafters}
+        self.reason = ""
+        self.expected_speedup = 1.0
+        self._off_steps = 0
+        self._current: tuple[Drafter, int] = (Drafter(), 0)
+
+    def set_category(self, category: str) -> None:
+        self.category = category
+
+    def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
+        from engine.prompt_type import copy_heavy
+
+        self._off_steps = 0
+        for drafter in self.drafters:
+            drafter.reset(prompt, sampling)
+            default = DEFAULT_PRIORS.get(drafter.name, 0.5)
+            if drafter.name == "ngram" and copy_heavy(self.category):
+                default = 0.8
+            prior = self.memory.prior(drafter.name, self.category, default) if self.memory \
+                else default
+            self.estimates[drafter.name] = AcceptanceEstimate(prior=prior)
+
+    def _draft_cost(self, drafter: Drafter) -> float:
+        costs = self.calibration.draft_token_seconds
+        return costs.get(drafter.name, costs.get("draft-model", 0.0))
+
+    def choose(self) -> tuple[Drafter, int]:
+        curve = self.calibration.target
+        overhead = self.calibration.step_overhead
+        plain_speed = 1.0 / (curve.verify(1) + overhead)
+        best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
+        for drafter in self.drafters:
+            k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),
+                                   curve.verify, overhead, self.max_window)
+            if k and speed > best[2]:
+                best = (drafter, k, speed)
+        drafter, k, speed = best
+        self.expected_speedup = speed / plain_speed
+        if drafter is None or self.expected_speedup < 1.0 + self.margin:
+            self._off_steps += 1
+            if self._off_steps % PROBE_EVERY == 0 and self.drafters:
+                # probe: the cheapest way to learn whether acceptance has improved
+                probe = max(self.drafters, key=lambda d: self.estimates[d.name].rate(0))
+                self.reason = "probing"
+                self._current = (probe, 1)
+                return self._current
+            self.reason = (f"speculation off: best expected speedup "
+                           f"{self.expected_speedup:.2f}x is below {1 + self.margin:.2f}x")
+            self._current = (Drafter(), 0)
+            return self._current
+        if isinstance(drafter, ModelDrafter):
+            drafter.min_confidence = self.thresholds[drafter.name].value
+        self.reason = (f"{drafter.name}, window {k}: expected {self.expected_speedup:.2f}x "
+                       "vs plain")
+        self._current = (drafter, k)
+        return self._current
+
+    def observe(self, step: StepStats) -> None:
+        drafter, _ = self._current
+        if not step.drafted or drafter.name not in self.estimates:
+            return
+        self.estimates[drafter.name].observe(step.drafted, step.accepted)
+        if isinstance(drafter, ModelDrafter):
+            self.thresholds[drafter.name].observe(drafter.confidences, step.accepted)
+
+    def note(self) -> str:
+        return self.reason
+
+    def finish(self, stats: MessageStats) -> None:
+        stats.expected_speedup = self.expected_speedup
+        if self.memory is None:
+            return
+        for name, estimate in self.estimates.items():
+            if estimate.tried[0] >= 3:
+                self.memory.remember(name, self.category, estimate.rate(0))

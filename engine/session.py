@@ -1,0 +1,171 @@
+"""One loaded model pair and everything needed to answer with it: the in-process engine.
+
+Requests and events are plain data (dicts of strings, numbers and lists), so the same session
+runs inside the worker process behind ``engine.facade`` or directly in the benchmark.
+
+Drafter modes: "auto" (the adaptive controller), "fixed" (window k), "off" (plain decoding).
+Drafter choice: "model" (the draft model), "ngram" (prompt lookup) or "both".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from engine import compat, models, paths, prompt_type
+from engine.calibration import Calibration, calibrate
+from engine.controller import AcceptanceMemory, AdaptiveController
+from engine.drafters.base import Drafter
+from engine.drafters.model import ModelDrafter
+from engine.drafters.ngram import NgramDrafter
+from engine.drafters.universal import UniversalDrafter
+from engine.hardware import check_fits
+from engine.prompting import prompt_tokens, stop_strings
+from engine.runtime import Model, RuntimeOptions
+from engine.sampling import SamplingParams
+from engine.speculative import Chunk, GenerationParams, generate
+from engine.window import FixedWindow, WindowPolicy
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    mode: str = "auto"  # auto | fixed | off
+    window: int = 3  # for mode "fixed"
+    drafter: str = "both"  # model | ngram | both
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadRequest:
+    target: str
+    draft: str | None = None  # id, path, or None for no draft model
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+
+
+class Session:
+    def __init__(self) -> None:
+        self.target: Model | None = None
+        self.draft: Model | None = None
+        self.compatibility: compat.Compatibility | None = None
+        self.calibration: Calibration | None = None
+        self.loaded: LoadRequest | None = None
+        self._drafters: dict[str, Drafter] = {}
+        self._lock = threading.Lock()
+
+    # ---- loading ---------------------------------------------------------------------
+    def load(self, request: LoadRequest) -> dict:
+        target_path = models.resolve(request.target)
+        draft_path = models.resolve(request.draft) if request.draft else None
+        check_fits([p for p in (target_path, draft_path) if p], request.n_ctx)
+        self.close()
+        options = RuntimeOptions(n_ctx=request.n_ctx, n_threads=request.n_threads,
+                                 n_gpu_layers=request.n_gpu_layers)
+        self.target = Model(target_path, options)
+        self._drafters = {"ngram": NgramDrafter()}
+        if draft_path is not None:
+            self.draft = Model(draft_path, options)
+            self.compatibility = compat.analyse(self.target, self.draft)
+            if self.compatibility.kind == "native":
+                self._drafters["model"] = ModelDrafter(self.draft)
+            else:
+                self._drafters["model"] = UniversalDrafter(self.draft, self.target)
+        self.loaded = request
+        self.calibration = calibrate(self.target, self._model_drafters())
+        return self.info()
+
+    def _model_drafters(self) -> dict[str, Model]:
+        drafter = self._drafters.get("model")
+        return {drafter.name: drafter.model} if isinstance(drafter, ModelDrafter) else {}
+
+    def recalibrate(self) -> dict:
+        assert self.target is not None
+        self.calibration = calibrate(self.target, self._model_drafters(), refresh=True)
+        return self.info()
+
+    def info(self) -> dict:
+        if self.target is None or self.loaded is None:
+            return {"loaded": False}
+        cal = self.calibration
+        return {
+            "loaded": True,
+            "target": self.loaded.target,
+            "draft": self.loaded.draft,
+            "target_path": str(self.target.path),
+            "compatibility": None if self.compatibility is None else {
+                **asdict(self.compatibility), "label": self.compatibility.label()},
+            "n_ctx": self.target.n_ctx,
+            "threads": self.target.options.threads(),
+            "gpu_layers": self.target.options.gpu_layers(),
+            "calibration": None if cal is None else {
+                "target_seconds": cal.target.seconds,
+                "draft_token_seconds": cal.draft_token_seconds,
+                "plain_tok_per_s": cal.target.plain_tok_per_s,
+            },
+        }
+
+    def close(self) -> None:
+        for model in (self.target, self.draft):
+            if model is not None:
+                model.close()
+        self.target = self.draft = None
+        self.compatibility = None
+        self._drafters = {}
+
+    # ---- answering -------------------------------------------------------------------
+    def policy(self, request: ChatRequest) -> WindowPolicy:
+        wanted = {"model": ["model"], "ngram": ["ngram"], "both": ["ngram", "model"]}
+        drafters = [self._drafters[name] for name in wanted.get(request.drafter, [])
+                    if name in self._drafters]
+        for drafter in drafters:
+            if isinstance(drafter, UniversalDrafter):
+                drafter.prepare(request.messages)
+        if request.mode == "off" or not drafters:
+            return FixedWindow(Drafter(), 0)
+        if request.mode == "fixed":
+            return FixedWindow(drafters[-1], request.window)
+        assert self.calibration is not None and self.loaded is not None
+        memory_file = paths.calibration_dir() / (
+            "acceptance-" + _safe(self.loaded.target) + "--" + _safe(self.loaded.draft or "none")
+            + ".json")
+        return AdaptiveController(drafters, self.calibration, AcceptanceMemory(memory_file),
+                                  prompt_type.classify(request.messages))
+
+    def chat(self, request: ChatRequest, cancel: threading.Event | None = None
+             ) -> Iterator[dict]:
+        """Stream events: {"type": "chunk", "pieces", "stats"} … then {"type": "done"}."""
+        if self.target is None:
+            yield {"type": "error", "message": "No model is loaded."}
+            return
+        with self._lock:
+            prompt = prompt_tokens(self.target, request.messages)
+            params = GenerationParams(
+                max_tokens=request.max_tokens,
+                sampling=SamplingParams(request.temperature, request.top_k, request.top_p,
+                                        request.seed),
+                stop=tuple(request.stop) + stop_strings(self.target))
+            policy = self.policy(request)
+            plain_rate = self.calibration.target.plain_tok_per_s if self.calibration else None
+            for event in generate(self.target, prompt, params, policy, cancel):
+                event.stats.plain_tok_per_s = plain_rate
+                if isinstance(event, Chunk):
+                    event.stats.controller_note = policy.note()
+                    yield {"type": "chunk", "pieces": event.pieces,
+                           "stats": event.stats.to_dict()}
+                else:
+                    yield {"type": "done", "text": event.text, "reason": event.reason,
+                           "message": event.message, "stats": event.stats.to_dict(),
+                           "summary": event.stats.summary_line(),
+                           "category": prompt_type.classify(request.messages)}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)[-80:]

@@ -1,0 +1,82 @@
+"""The cost model and the adaptive controller on synthetic cost curves and acceptance runs."""
+
+from __future__ import annotations
+
+from engine.calibration import Calibration, CostCurve
+from engine.controller import (
+    AcceptanceEstimate,
+    AdaptiveController,
+    ConfidenceThreshold,
+    best_window,
+    expected_tokens,
+)
+from engine.drafters.base import Drafter
+from engine.sampling import SamplingParams
+from engine.stats import StepStats
+
+STEEP = CostCurve([0.040 * (1 + 0.7 * (n - 1)) for n in range(1, 17)])  # a 2-core CPU
+FLAT = CostCurve([0.010 * (1 + 0.02 * (n - 1)) for n in range(1, 17)])  # a GPU
+
+
+class Named(Drafter):
+    def __init__(self, name):
+        self.name = name
+
+
+def controller(curve, draft_cost, prior):
+    calibration = Calibration(curve, {"draft-model": draft_cost, "ngram": 0.0}, 0.0005, 0)
+    ctl = AdaptiveController([Named("draft-model")], calibration)
+    ctl.start([1, 2, 3], SamplingParams())
+    ctl.estimates["draft-model"].prior = prior
+    return ctl
+
+
+def test_expected_tokens_formula():
+    assert expected_tokens([0.5] * 4, 0) == 1.0
+    assert abs(expected_tokens([0.5] * 4, 3) - (1 + 0.5 + 0.25 + 0.125)) < 1e-12
+
+
+def test_long_window_when_verify_is_flat_and_acceptance_high():
+    k, _ = best_window([0.9] * 16, 0.0005, FLAT.verify, 0.0005)
+    assert k >= 8
+
+
+def test_short_or_off_when_verify_is_steep():
+    k, _ = best_window([0.9] * 16, 0.02, STEEP.verify, 0.0005)
+    assert k <= 2
+    k, _ = best_window([0.5] * 16, 0.02, STEEP.verify, 0.0005)
+    assert k == 0
+
+
+def test_controller_turns_off_and_says_why():
+    ctl = controller(STEEP, 0.025, 0.4)
+    drafter, k = ctl.choose()
+    assert k == 0 and "off" in ctl.note()
+
+
+def test_controller_adapts_when_acceptance_changes_mid_reply():
+    ctl = controller(FLAT, 0.001, 0.9)
+    _, k_start = ctl.choose()
+    assert k_start >= 6
+    for _ in range(30):  # hard text: nothing accepted
+        drafter, k = ctl.choose()
+        if k:
+            ctl.observe(StepStats("draft-model", k, k, 0, 0.0, 0.0))
+    assert ctl.choose()[1] <= 2
+    for _ in range(60):  # easy text again: everything accepted
+        drafter, k = ctl.choose()
+        ctl.observe(StepStats("draft-model", k, k, k, 0.0, 0.0))
+    assert ctl.choose()[1] >= 6
+
+
+def test_acceptance_estimate_ignores_unverified_positions():
+    estimate = AcceptanceEstimate(prior=0.5)
+    estimate.observe(drafted=5, accepted=1)  # position 0 accepted, 1 rejected, 2-4 unknown
+    assert estimate.tried[:3] == [1.0, 1.0, 0.0]
+
+
+def test_confidence_threshold_fits_between_classes():
+    threshold = ConfidenceThreshold(initial=0.0)
+    for _ in range(10):
+        threshold.observe([0.95, 0.9, 0.2], accepted=2)  # confident ones accepted
+    assert 0.2 < threshold.value <= 0.9
