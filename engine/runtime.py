@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.errors import ContextFull, InvalidModelFile, TandemError
 from engine.gguf_check import GGUFInfo, validate_gguf
+from engine.threads import attach_shared_pool
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -145,6 +146,7 @@ class Model:
             raise TandemError(f"Could not create a context of {self.n_ctx} tokens for "
                               f"'{self.path.name}' (out of memory?).")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        attach_shared_pool(self._ctx, options.threads())
         self.n_batch = options.n_batch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
