@@ -155,6 +155,14 @@ class EngineClient:
         except EngineCrashed:
             return
 
+    @staticmethod
+    def known_models() -> list[dict]:
+        """Every model Tandem knows (a directory listing: no worker needed)."""
+        from engine import models
+
+        return [{**asdict(m), "path": str(m.path) if m.path else None}
+                for m in models.known_models()]
+
     def cancel(self) -> None:
         """Stop the reply in flight after the current engine step."""
         self._cancel.set()

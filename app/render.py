@@ -1,0 +1,88 @@
+"""Turning stored replies and live engine stats into what the page shows (pure functions)."""
+
+from __future__ import annotations
+
+import html
+
+FENCE = "```"
+
+
+def highlight(text: str, draft_spans: list[list[int]]) -> str:
+    """Wrap characters that came from accepted drafts in <span class="tdm-draft">, except
+    inside code fences (where HTML would show literally)."""
+    if not draft_spans:
+        return text
+    out, cursor = [], 0
+    for start, end in draft_spans:
+        if start < cursor or end <= start:
+            continue
+        out.append(text[cursor:start])
+        segment = text[start:end]
+        inside_fence = text[:start].count(FENCE) % 2 == 1 or FENCE in segment
+        if inside_fence or not segment.strip():
+            out.append(segment)
+        else:
+            out.append(f'<span class="tdm-draft">{html.escape(segment)}</span>')
+        cursor = end
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+def draft_spans(pieces: list[tuple[str, str]], offset: int = 0) -> list[list[int]]:
+    spans: list[list[int]] = []
+    position = offset
+    for text, origin in pieces:
+        end = position + len(text)
+        if origin == "draft" and text:
+            if spans and spans[-1][1] == position:
+                spans[-1][1] = end
+            else:
+                spans.append([position, end])
+        position = end
+    return spans
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def indicators(stats: dict | None, status: str = "") -> str:
+    if not stats:
+        return f'<div class="tdm-indicators"><span class="tdm-note">{html.escape(status)}</span></div>'
+    speedup = stats.get("speedup")
+    cells = [
+        ("acceptance", percent(stats.get("acceptance"))),
+        ("tokens/s", f"{stats.get('tok_per_s', 0):.1f}"),
+        ("speedup", "–" if speedup is None else f"{speedup:.2f}×"),
+        ("window", str(stats.get("window", 0))),
+        ("drafter", html.escape(str(stats.get("drafter", "none")))),
+    ]
+    body = "".join(f'<div class="tdm-cell"><b>{value}</b><small>{name}</small></div>'
+                   for name, value in cells)
+    note = stats.get("controller_note") or status
+    return (f'<div class="tdm-indicators">{body}'
+            f'<span class="tdm-note">{html.escape(note)}</span></div>')
+
+
+def stats_line(stats: dict) -> str:
+    parts = [f"{stats['tokens']} tokens", f"{stats['tok_per_s']:.1f} tok/s"]
+    if stats.get("acceptance") is not None:
+        parts.append(f"acceptance {percent(stats['acceptance'])}")
+    if stats.get("speedup") is not None:
+        parts.append(f"{stats['speedup']:.2f}× vs plain")
+    parts.append(f"{stats.get('drafter', 'none')}" +
+                 (f", window {stats['window']}" if stats.get("window") else ""))
+    return " · ".join(parts)
+
+
+def display_message(message: dict, show_drafts: bool) -> dict:
+    content = message["content"]
+    stats = message.get("stats") or {}
+    if message["role"] == "assistant":
+        if show_drafts:
+            content = highlight(content, stats.get("draft_spans", []))
+        if stats.get("tokens") is not None:
+            content += f'\n\n<span class="tdm-stats">{html.escape(stats_line(stats))}</span>'
+        elif not message.get("complete", True):
+            content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
+    return {"role": message["role"], "content": content}

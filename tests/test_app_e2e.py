@@ -1,0 +1,72 @@
+"""End to end: the real app, launched as a process on the offline models, driven with
+gradio_client."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from app_process import running_app
+from conftest import offline_model
+from gradio_client import Client
+
+pytestmark = pytest.mark.slow
+
+TARGET = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+SETTINGS = dict(param_2="", param_3=0.0, param_4=1.0, param_5=48, param_6="auto", param_7=3,
+                param_8="both", param_9=True)
+
+
+def text_of(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def chat(client: Client, text: str, **overrides):
+    args = {**SETTINGS, **overrides}
+    job = client.submit(text, *args.values(), api_name="/chat")
+    outputs = job.result(timeout=600) and job.outputs()
+    return job, outputs
+
+
+def test_chat_stream_stats_cross_family_stop_and_restart(isolated_home):
+    target = offline_model(TARGET)
+    draft = offline_model("qwen2.5-coder-0.5b-instruct-q4_k_m")
+    with running_app(isolated_home, target, draft) as (url, _):
+        client = Client(url, verbose=False)
+        job, outputs = chat(client, "Write a Python function that adds two numbers.")
+        assert len(outputs) >= 2, "the reply did not stream"
+        final = outputs[-1]
+        history, indicators = final[1], final[2]
+        assert history[-1]["role"] == "assistant"
+        reply = text_of(history[-1])
+        assert "def " in reply and "tok/s" in reply  # answer plus its stats line
+        assert "acceptance" in indicators or "tokens/s" in indicators
+
+        # switch the draft to a cross-family model and chat again
+        smollm = offline_model("smollm2-135m-instruct-q4_1")
+        status = client.predict(str(target), str(smollm), api_name="/load_pair")
+        assert "universal" in status
+        _, outputs = chat(client, "Now say hello in one word.")
+        assert outputs[-1][1][-1]["role"] == "assistant"
+
+        # stop mid-stream: the reply ends early and is kept
+        job = client.submit("Count from 1 to 300, one number per line.",
+                            *{**SETTINGS, "param_5": 1500}.values(), api_name="/chat")
+        while len(job.outputs()) < 3 and not job.done():
+            pass
+        client.predict(api_name="/stop")
+        job.result(timeout=300)
+        final = text_of(job.outputs()[-1][1][-1])
+        assert final.count("\n") < 300
+
+    # the conversations survive a restart
+    db = sqlite3.connect(isolated_home / "conversations.sqlite3")
+    titles = [row[0] for row in db.execute("SELECT title FROM conversations")]
+    assert any("adds two numbers" in t for t in titles)
+    with running_app(isolated_home, target, None) as (url, _):
+        client = Client(url, verbose=False)
+        listed = client.view_api(return_format="dict", print_info=False)
+        assert "/chat" in listed["named_endpoints"]
