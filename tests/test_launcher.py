@@ -1,0 +1,72 @@
+"""The launcher in a temporary copy of the project, with tiny requirements files: creates the
+venv, skips reinstalling when the hash is unchanged, reinstalls when it changes, picks a free
+port, refuses a non-loopback host, and explains a failed install."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launcher_copy(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "launcher.py", project / "launcher.py")
+    (project / "requirements.txt").write_text("# nothing to install\n")
+    return project
+
+
+def run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
+               PIP_RETRIES="0", PIP_TIMEOUT="2", CI="1")
+    env.pop("TANDEM_VENV", None)
+    return subprocess.run([sys.executable, str(project / "launcher.py"), *args], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_venv_created_then_reused_then_reinstalled_on_change(tmp_path):
+    project = launcher_copy(tmp_path)
+    first = run(project, "setup", "--cpu")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (project / ".venv").is_dir() and "Installing" in first.stdout
+    second = run(project, "setup", "--cpu")
+    assert second.returncode == 0 and "Installing" not in second.stdout
+    (project / "requirements.txt").write_text("# nothing to install\n# changed\n")
+    third = run(project, "setup", "--cpu")
+    assert third.returncode == 0 and "Installing" in third.stdout
+
+
+def test_failed_install_explains_itself(tmp_path):
+    project = launcher_copy(tmp_path)
+    (project / "requirements.txt").write_text("tandem-no-such-package==9.9.9\n")
+    result = run(project, "setup", "--cpu")
+    assert result.returncode == 1
+    assert "Tandem could not start" in result.stdout
+    assert "What to do:" in result.stdout and "tandem-launcher.log" in result.stdout
+
+
+def test_non_loopback_host_refused_without_flag(tmp_path):
+    project = launcher_copy(tmp_path)
+    result = run(project, "--host", "0.0.0.0", "--no-browser")
+    assert result.returncode == 1 and "Refusing to listen" in result.stdout
+    assert "--allow-remote" in result.stdout
+
+
+def test_free_port_skips_a_taken_one():
+    sys.path.insert(0, str(ROOT))
+    import launcher
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = launcher.free_port("127.0.0.1", port)
+    assert chosen != port
+    launcher.check_host("127.0.0.1", False)
+    launcher.check_host("::1", False)
