@@ -27,7 +27,8 @@ def run(project: Path, *args: str) -> subprocess.CompletedProcess:
                PIP_RETRIES="0", PIP_TIMEOUT="2", CI="1")
     env.pop("TANDEM_VENV", None)
     return subprocess.run([sys.executable, str(project / "launcher.py"), *args], cwd=project,
-                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                          env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_venv_created_then_reused_then_reinstalled_on_change(tmp_path):
