@@ -140,21 +140,6 @@ def likely_fix_for_install_failure() -> str:
     return "Read the log above; running the launcher again retries the install."
 
 
-def ensure_chromium() -> None:
-    """Browser tests need Debian's chromium; install it where we can (root with apt-get)."""
-    if shutil.which("chromium") or not shutil.which("apt-get"):
-        return
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        log("chromium is not installed: the browser tests will be skipped "
-            "(install it with: sudo apt-get install chromium).")
-        return
-    log("Installing chromium for the browser tests …")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run_logged(["apt-get", "update", "-q"], env=env)
-    if run_logged(["apt-get", "install", "-y", "-q", "chromium"], env=env) != 0:
-        log("Could not install chromium; the browser tests will be skipped.")
-
-
 def fetch_models(python: Path) -> None:
     code = run_logged([str(python), "-m", "engine.models", "fetch"])
     if code != 0:
@@ -223,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_models:
             fetch_models(python)
         if args.command == "test":
-            ensure_chromium()
-            return subprocess.call([str(python), "-m", "pytest", *rest])
+            lint = subprocess.call([str(python), "-m", "ruff", "check", "."])
+            tests = subprocess.call([str(python), "-m", "pytest", *rest])
+            return tests or lint
         if args.command == "bench":
             return subprocess.call([str(python), "-m", "engine.bench", *rest])
         port = free_port(args.host, args.port)
