@@ -189,8 +189,9 @@ class AdaptiveController(WindowPolicy):
         if drafter is None or self.expected_speedup < 1.0 + self.margin:
             self._off_steps += 1
             if self._off_steps % PROBE_EVERY == 0 and self.drafters:
-                # probe: the cheapest way to learn whether acceptance has improved
-                probe = max(self.drafters, key=lambda d: self.estimates[d.name].rate(0))
+                # probe with the cheapest drafter: a draft model's probe would first have to
+                # catch its cache up with everything generated since it last ran
+                probe = min(self.drafters, key=self._draft_cost)
                 self.reason = "probing"
                 self._current = (probe, 1)
                 return self._current
