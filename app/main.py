@@ -327,14 +327,13 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
             remeasure_button = gr.Button("Re-measure")
 
         settings = [temperature, top_p, max_tokens, mode, window, drafter, show_drafts]
-        send_event = gr.on([box.submit, send_button.click], ctl.send,
+        gr.on([box.submit, send_button.click], ctl.send,
                            [box, conv, system, *settings],
                            [box, conv, chatbot, indicators, plot, conversations],
                            api_name="chat", **ENGINE)
-        regen_event = regen_button.click(ctl.regenerate, [conv, *settings],
+        regen_button.click(ctl.regenerate, [conv, *settings],
                                          [chatbot, indicators, plot], **ENGINE)
         stop_button.click(ctl.stop, None, None, queue=False, api_name="stop")
-        del send_event, regen_event
         edit_button.click(ctl.edit_last, [conv, show_drafts], [box, chatbot])
         compare_button.click(ctl.compare, [conv, max_tokens], compare_out, **ENGINE)
         show_drafts.change(ctl.history, [conv, show_drafts], chatbot)

@@ -43,9 +43,6 @@ def _worker(conn, cancel) -> None:
                 result = session.recalibrate()
             elif op == "hardware":
                 result = hardware.describe()
-            elif op == "models":
-                result = [{**asdict(m), "path": str(m.path) if m.path else None}
-                          for m in models.known_models()]
             elif op == "compat":
                 c = compat.analyse_files(models.resolve(payload["target"]),
                                          models.resolve(payload["draft"]))

@@ -110,20 +110,20 @@ def hub(files: dict[str, bytes], etag_override: str | None = None):
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
 
-        def do_HEAD(self):
+        def _respond(self, with_body: bool):
             data = self._lookup()
             if data is None:
                 self.send_error(404)
                 return
             self._head(data)
+            if with_body:
+                self.wfile.write(data)
+
+        def do_HEAD(self):
+            self._respond(with_body=False)
 
         def do_GET(self):
-            data = self._lookup()
-            if data is None:
-                self.send_error(404)
-                return
-            self._head(data)
-            self.wfile.write(data)
+            self._respond(with_body=True)
 
     with serve(Handler) as (url, server):
         yield url

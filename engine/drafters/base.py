@@ -34,5 +34,3 @@ class Drafter:
     def close(self) -> None:
         """Free resources (model contexts)."""
 
-
-NoDrafter = Drafter

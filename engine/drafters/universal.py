@@ -47,7 +47,6 @@ class UniversalDrafter(ModelDrafter):
         self.to_target = vocab_map(target, draft)
         self.mask = np.where(self.to_target >= 0, 0.0, -np.inf)
         self.messages: list[dict] | None = None
-        self.name = "universal"
 
     def prepare(self, messages: list[dict]) -> None:
         """The conversation being answered, so the draft sees it in its own chat format."""
