@@ -9,6 +9,9 @@
 Set-up means: a private virtual environment in ``.venv`` next to this file, the pinned
 requirements installed into it (again only when requirements.txt or the accelerator choice
 changes), and the offline default models fetched (only missing or corrupt ones).
+
+Double-click wrappers live in ``assets/`` (Tandem.bat, Tandem.command, tandem.sh); each only
+finds Python and calls this file. On Linux the first run also writes ``Tandem.desktop``.
 """
 
 from __future__ import annotations
@@ -51,9 +54,20 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def detect_accelerator(force_cpu: bool) -> str:
+def remembered_accelerator() -> str | None:
+    try:
+        return json.loads(STAMP.read_text()).get("accelerator")
+    except (OSError, ValueError):
+        return None
+
+
+def detect_accelerator(force_cpu: bool, redetect: bool = False) -> str:
+    """The build to use: --cpu forces CPU; otherwise the choice remembered from the last
+    successful install, else what the machine has (NVIDIA via nvidia-smi, Apple Silicon)."""
     if force_cpu:
         return "cpu"
+    if not redetect and (remembered := remembered_accelerator()):
+        return remembered
     if shutil.which("nvidia-smi"):
         try:
             subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
@@ -140,6 +154,54 @@ def likely_fix_for_install_failure() -> str:
     return "Read the log above; running the launcher again retries the install."
 
 
+def desktop_entry_text() -> str:
+    return ("[Desktop Entry]\nType=Application\nName=Tandem\n"
+            "Comment=Local chat with speculative decoding\n"
+            f"Exec=\"{ROOT / 'assets' / 'tandem.sh'}\"\nPath={ROOT}\n"
+            f"Icon={ROOT / 'assets' / 'icon.png'}\nTerminal=true\nCategories=Utility;\n")
+
+
+def write_desktop_entries() -> list[Path]:
+    """On Linux, a double-clickable ``Tandem.desktop`` next to this file and the same entry in
+    the applications menu ($XDG_DATA_HOME/applications); both carry absolute paths, so they
+    are (re)written whenever the project has moved."""
+    if not sys.platform.startswith("linux"):
+        return []
+    text = desktop_entry_text()
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    written = []
+    for target in (ROOT / "Tandem.desktop", data_home / "applications" / "tandem.desktop"):
+        try:
+            if target.exists() and target.read_text(encoding="utf-8") == text:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            target.chmod(0o755)
+            written.append(target)
+        except OSError as error:  # a read-only home must not stop the app
+            log(f"Note: could not write {target}: {error}")
+    if written:
+        log("Added Tandem to the applications menu; Tandem.desktop starts it with a "
+            "double-click.")
+    return written
+
+
+def ensure_test_browser() -> None:
+    """The browser tests drive Debian's chromium; install it when apt can (root or sudo)."""
+    if shutil.which("chromium") or not shutil.which("apt-get"):
+        return
+    prefix = [] if hasattr(os, "geteuid") and os.geteuid() == 0 else ["sudo", "-n"]
+    if prefix and not shutil.which("sudo"):
+        log("chromium is not installed and apt needs root: the browser tests will skip.")
+        return
+    log("Installing chromium for the browser tests (apt) …")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if run_logged([*prefix, "apt-get", "update", "-q"], env=env) != 0 or run_logged(
+            [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+            env=env) != 0:
+        log("Could not install chromium: the browser tests will skip (see the log).")
+
+
 def fetch_models(python: Path) -> None:
     code = run_logged([str(python), "-m", "engine.models", "fetch"])
     if code != 0:
@@ -187,6 +249,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="allow a non-loopback --host (prints a warning)")
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="build llama.cpp for the CPU only")
+    parser.add_argument("--redetect", action="store_true",
+                        help="detect the accelerator again instead of using the remembered one")
     parser.add_argument("--requirements", default=str(ROOT / "requirements.txt"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--skip-models", action="store_true", help=argparse.SUPPRESS)
@@ -197,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
     try:
         check_host(args.host, args.allow_remote)
-        accelerator = detect_accelerator(args.cpu)
-        log(f"Tandem: accelerator = {accelerator}{' (forced)' if args.cpu else ''}")
+        accelerator = detect_accelerator(args.cpu, args.redetect)
+        how = ("forced by --cpu" if args.cpu else "remembered; --redetect to detect again"
+               if accelerator == remembered_accelerator() and not args.redetect else "detected")
+        log(f"Tandem: accelerator = {accelerator} ({how})")
         python = ensure_venv(Path(args.requirements), accelerator)
+        if args.command in ("app", "setup"):
+            write_desktop_entries()
         if args.command == "setup":
             return 0
         os.chdir(ROOT)
@@ -208,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_models:
             fetch_models(python)
         if args.command == "test":
+            ensure_test_browser()
             lint = subprocess.call([str(python), "-m", "ruff", "check", "."])
             tests = subprocess.call([str(python), "-m", "pytest", *rest])
             return tests or lint

@@ -4,12 +4,15 @@ port, refuses a non-loopback host, and explains a failed install."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +26,7 @@ def launcher_copy(tmp_path: Path) -> Path:
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
+    env = dict(os.environ, XDG_DATA_HOME=str(project.parent / "xdg"), PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
                PIP_RETRIES="0", PIP_TIMEOUT="2", CI="1")
     env.pop("TANDEM_VENV", None)
     return subprocess.run([sys.executable, str(project / "launcher.py"), *args], cwd=project,
@@ -41,6 +44,40 @@ def test_venv_created_then_reused_then_reinstalled_on_change(tmp_path):
     (project / "requirements.txt").write_text("# nothing to install\n# changed\n")
     third = run(project, "setup", "--cpu")
     assert third.returncode == 0 and "Installing" in third.stdout
+
+
+def test_accelerator_choice_printed_and_remembered(tmp_path):
+    project = launcher_copy(tmp_path)
+    first = run(project, "setup", "--cpu")
+    assert "accelerator = cpu (forced by --cpu)" in first.stdout
+    stamp = json.loads((project / ".venv" / "tandem-install.json").read_text())
+    assert stamp["accelerator"] == "cpu"
+    second = run(project, "setup")
+    assert "accelerator = cpu (remembered" in second.stdout and "Installing" not in second.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="desktop entries are Linux-only")
+def test_linux_desktop_entry_has_absolute_paths(tmp_path):
+    project = launcher_copy(tmp_path)
+    assert run(project, "setup", "--cpu").returncode == 0
+    local = project / "Tandem.desktop"
+    menu = tmp_path / "xdg" / "applications" / "tandem.desktop"
+    for entry in (local, menu):
+        text = entry.read_text()
+        assert f'Exec="{project.resolve()}/assets/tandem.sh"' in text
+        assert f"Icon={project.resolve()}/assets/icon.png" in text and "Terminal=true" in text
+        assert os.access(entry, os.X_OK)
+
+
+def test_wrappers_find_python_and_call_the_launcher():
+    for name in ("tandem.sh", "Tandem.command"):
+        wrapper = ROOT / "assets" / name
+        assert os.access(wrapper, os.X_OK)
+        result = subprocess.run([str(wrapper), "--help"], capture_output=True, text=True,
+                                timeout=60, cwd="/")
+        assert result.returncode == 0 and "launcher.py" in result.stdout, result.stderr
+    bat = (ROOT / "assets" / "Tandem.bat").read_bytes()
+    assert b"launcher.py" in bat and b"\r\n" in bat and b"pause" in bat
 
 
 def test_failed_install_explains_itself(tmp_path):
