@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-for _name in ("GRADIO_SHARE", "GRADIO_SERVER_NAME", "GRADIO_ALLOWED_PATHS", "GRADIO_ROOT_PATH"):
-    os.environ.pop(_name, None)  # nothing in the environment may open the server up
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+from app.security import HostAllowList, scrub_gradio_environment
+
+scrub_gradio_environment()  # before gradio reads its settings at import
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from app.main import Controller, build  # noqa: E402
 from app.store import Store  # noqa: E402
@@ -18,6 +18,7 @@ from engine import catalog, paths  # noqa: E402
 from engine.facade import EngineClient  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MAX_UPLOAD_BYTES = 64 * 1024  # the UI has no uploads: models are added by path
 
 
 def main() -> None:
@@ -34,12 +35,15 @@ def main() -> None:
     controller = Controller(engine, store, args.target, draft)
     demo = build(controller, args.target, draft)
     demo.queue(default_concurrency_limit=1, max_size=64)
+    extra_hosts = [] if args.host in ("0.0.0.0", "::") else [args.host]
+    host_check = [] if not extra_hosts else [Middleware(HostAllowList, extra_hosts=extra_hosts)]
     try:
         demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser,
-                    share=False, theme=gr.themes.Soft(), css=(ASSETS / "tandem.css").read_text(),
-                    show_error=True, strict_cors=True, enable_monitoring=False,
-                    favicon_path=str(ASSETS / "icon.png") if (ASSETS / "icon.png").exists()
-                    else None)
+                    share=False, mcp_server=False, ssr_mode=False, strict_cors=True,
+                    app_kwargs={"middleware": host_check}, max_file_size=MAX_UPLOAD_BYTES,
+                    blocked_paths=[str(paths.data_dir())], enable_monitoring=False,
+                    theme=gr.themes.Soft(), css=(ASSETS / "tandem.css").read_text(),
+                    favicon_path=str(ASSETS / "icon.png"), show_error=True)
     finally:
         engine.close()
 

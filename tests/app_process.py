@@ -20,9 +20,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(home: Path, target: Path, draft: Path | None, timeout: float = 240):
+def running_app(home: Path, target: Path, draft: Path | None, timeout: float = 240,
+                extra_env: dict[str, str] | None = None):
     port = free_port()
-    env = dict(os.environ, TANDEM_HOME=str(home), GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, TANDEM_HOME=str(home), GRADIO_ANALYTICS_ENABLED="False",
+               **(extra_env or {}))
     log = open(home.parent / f"app-{port}.log", "w")
     cmd = [sys.executable, "-m", "app", "--port", str(port), "--no-browser",
            "--target", str(target), "--draft", str(draft) if draft else "none"]
