@@ -89,7 +89,7 @@ def measure_target(model: Model, repeats: int = 3) -> CostCurve:
         for _ in range(repeats if n <= 6 else 2):
             model.truncate(base)
             start = time.perf_counter()
-            model.decode(context[:n], logits="all")
+            model.verify_pass(context[:n])
             samples.append(time.perf_counter() - start)
         measured[n] = statistics.median(samples)
     model.reset()

@@ -19,22 +19,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Exact numerics (see README "Lossless"): llama.cpp's CPU backend computes a K-quant matmul
-# of >= 4 rows through the repacked gemm kernel and of >= 8 rows through the tiled kernel, and
-# both round differently from the one-row path, so a verify batch would not see the logits
-# plain decoding sees. With both off, batch and single-token logits are bit-identical. The
-# tiled switch is read once per process from the environment, so it is set before llama.cpp
-# runs anything. TANDEM_NUMERICS=fast keeps llama.cpp's defaults.
-EXACT_NUMERICS = os.environ.get("TANDEM_NUMERICS", "exact") != "fast"
-if EXACT_NUMERICS:
-    os.environ["GGML_CPU_TILED_MM"] = "0"
-
 import llama_cpp
 import numpy as np
 
 from engine.errors import ContextFull, InvalidModelFile, TandemError
 from engine.gguf_check import GGUFInfo, validate_gguf
 from engine.threads import attach_shared_pool
+
+# Exact numerics (see README "Lossless"): llama.cpp's CPU backend computes a matmul over the
+# repacked K-quant weights one row at a time, through the one-token kernel, only while the batch
+# has at most EXACT_ROWS rows; 4+ rows go through a gemm kernel (and 8+ through the tiled one)
+# that rounds differently. Verification passes are therefore evaluated in pieces of at most
+# EXACT_ROWS tokens, which keeps their logits bit-identical to plain decoding while plain
+# decoding and prompt processing keep llama.cpp's fastest kernels. TANDEM_NUMERICS=fast
+# verifies in one piece (faster on long windows, not bit-exact).
+EXACT_NUMERICS = os.environ.get("TANDEM_NUMERICS", "exact") != "fast"
+EXACT_ROWS = 3
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -79,8 +79,6 @@ class RuntimeOptions:
     n_threads: int | None = None  # None: physical cores
     n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
     flash_attn: bool | None = None  # None: llama.cpp decides
-    # repacked CPU weight layouts; None: off with exact numerics, else llama.cpp's default
-    extra_bufts: bool | None = None
 
     def threads(self) -> int:
         return self.n_threads or physical_cores()
@@ -110,10 +108,6 @@ class Model:
         mparams = llama_cpp.llama_model_default_params()
         mparams.vocab_only = vocab_only
         mparams.n_gpu_layers = 0 if vocab_only else options.gpu_layers()
-        if options.extra_bufts is not None:
-            mparams.use_extra_bufts = options.extra_bufts
-        elif EXACT_NUMERICS:
-            mparams.use_extra_bufts = False
         _recent_log.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
@@ -219,6 +213,17 @@ class Model:
         return bool(attr & mask)
 
     # ---- evaluation and KV cache -------------------------------------------------------
+    def verify_pass(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` and return the logits of every one of them, computed exactly as
+        one-token decoding would compute them (see EXACT_ROWS)."""
+        if not EXACT_NUMERICS or len(tokens) <= EXACT_ROWS:
+            return self.decode(tokens, "all")
+        rows = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        for start in range(0, len(tokens), EXACT_ROWS):
+            piece = tokens[start:start + EXACT_ROWS]
+            rows[start:start + len(piece)] = self.decode(piece, "all")
+        return rows
+
     def decode(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
         """Append ``tokens`` to the cache. ``logits``: "none", "last" or "all" (rows in order).
         The returned array is a view into llama.cpp's buffer, valid until the next decode."""

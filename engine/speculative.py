@@ -90,7 +90,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         t1 = time.perf_counter()
         n_past = len(target.kv_tokens)
         batch = [context[-1], *drafted]
-        logits = target.decode(batch, logits="all" if drafted else "last")
+        logits = target.verify_pass(batch) if drafted else target.decode(batch, "last")
         if sampling.greedy:
             accepted, token = verify_greedy(logits.argmax(axis=1), drafted)
         else:
