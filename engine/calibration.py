@@ -37,10 +37,6 @@ class CostCurve:
         per_token = (self.seconds[-1] - self.seconds[0]) / max(len(self.seconds) - 1, 1)
         return self.seconds[-1] + per_token * (n - len(self.seconds))
 
-    @property
-    def plain_tok_per_s(self) -> float:
-        return 1.0 / self.seconds[0]
-
 
 @dataclass
 class Calibration:
@@ -48,6 +44,11 @@ class Calibration:
     draft_token_seconds: dict[str, float]  # per drafter name (n-gram: ~0)
     step_overhead: float  # Python time per step outside the model calls
     measured_at: float
+
+    @property
+    def plain_tok_per_s(self) -> float:
+        """Plain decoding through Tandem's loop: one target pass plus the loop's overhead."""
+        return 1.0 / (self.target.seconds[0] + self.step_overhead)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -122,6 +123,22 @@ def measure_draft(model: Model, tokens: int = 12) -> float:
     return statistics.median(samples)
 
 
+def measure_step_overhead(model: Model, curve: CostCurve, tokens: int = 24) -> float:
+    """Seconds per step that the decoding loop spends outside llama.cpp (plain steps)."""
+    from engine.speculative import Finished, GenerationParams, generate
+
+    prompt = _warm_context(model)[:16]
+    model.reset()
+    finished = None
+    for event in generate(model, prompt, GenerationParams(tokens)):
+        finished = event if isinstance(event, Finished) else finished
+    model.reset()
+    if finished is None or not finished.stats.target_passes:
+        return 0.0
+    per_step = finished.stats.seconds / finished.stats.target_passes
+    return max(per_step - curve.seconds[0], 0.0)
+
+
 def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) -> Calibration:
     """Measured costs for this target and these draft models (cached unless ``refresh``)."""
     path = cache_path(target, drafts)
@@ -133,7 +150,7 @@ def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) ->
     curve = measure_target(target)
     draft_costs = {name: measure_draft(model) for name, model in drafts.items()}
     draft_costs["ngram"] = 0.0
-    calibration = Calibration(curve, draft_costs, step_overhead=0.0005,
+    calibration = Calibration(curve, draft_costs, measure_step_overhead(target, curve),
                               measured_at=time.time())
     tmp = path.with_suffix(".tmp")
     tmp.write_text(calibration.to_json())

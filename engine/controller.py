@@ -31,7 +31,8 @@ from engine.window import WindowPolicy
 
 MAX_WINDOW = 16
 MARGIN = 0.05  # speculation must promise at least 5% to run
-PROBE_EVERY = 12  # steps between probes while speculation is off
+PROBE_EVERY = 12  # steps between probes while speculation is off, doubling while they fail
+MAX_PROBE_EVERY = 96
 DECAY = 0.92  # weight of older observations per new one
 PRIOR_WEIGHT = 2.0
 
@@ -152,6 +153,7 @@ class AdaptiveController(WindowPolicy):
         self.reason = ""
         self.expected_speedup = 1.0
         self._off_steps = 0
+        self._probe_every = PROBE_EVERY
         self._current: tuple[Drafter, int] = (Drafter(), 0)
 
     def set_category(self, category: str) -> None:
@@ -161,6 +163,7 @@ class AdaptiveController(WindowPolicy):
         from engine.prompt_type import copy_heavy
 
         self._off_steps = 0
+        self._probe_every = PROBE_EVERY
         for drafter in self.drafters:
             drafter.reset(prompt, sampling)
             default = DEFAULT_PRIORS.get(drafter.name, 0.5)
@@ -188,7 +191,9 @@ class AdaptiveController(WindowPolicy):
         self.expected_speedup = speed / plain_speed
         if drafter is None or self.expected_speedup < 1.0 + self.margin:
             self._off_steps += 1
-            if self._off_steps % PROBE_EVERY == 0 and self.drafters:
+            if self._off_steps >= self._probe_every and self.drafters:
+                self._off_steps = 0
+                self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
                 # probe with the cheapest drafter: a draft model's probe would first have to
                 # catch its cache up with everything generated since it last ran
                 probe = min(self.drafters, key=self._draft_cost)
@@ -199,6 +204,7 @@ class AdaptiveController(WindowPolicy):
                            f"{self.expected_speedup:.2f}x is below {1 + self.margin:.2f}x")
             self._current = (Drafter(), 0)
             return self._current
+        self._probe_every = PROBE_EVERY
         if isinstance(drafter, ModelDrafter):
             drafter.min_confidence = self.thresholds[drafter.name].value
         self.reason = (f"{drafter.name}, window {k}: expected {self.expected_speedup:.2f}x "

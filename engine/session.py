@@ -51,6 +51,9 @@ class LoadRequest:
     n_gpu_layers: int | None = None
 
 
+RECALIBRATE_ABOVE = 1.2  # observed plain rate / calibrated plain rate that triggers re-measuring
+
+
 class Session:
     def __init__(self) -> None:
         self.target: Model | None = None
@@ -108,7 +111,8 @@ class Session:
             "calibration": None if cal is None else {
                 "target_seconds": cal.target.seconds,
                 "draft_token_seconds": cal.draft_token_seconds,
-                "plain_tok_per_s": cal.target.plain_tok_per_s,
+                "plain_tok_per_s": cal.plain_tok_per_s,
+                "step_overhead": cal.step_overhead,
             },
         }
 
@@ -153,7 +157,7 @@ class Session:
                                         request.seed),
                 stop=tuple(request.stop) + stop_strings(self.target))
             policy = self.policy(request)
-            plain_rate = self.calibration.target.plain_tok_per_s if self.calibration else None
+            plain_rate = self.calibration.plain_tok_per_s if self.calibration else None
             for event in generate(self.target, prompt, params, policy, cancel):
                 event.stats.plain_tok_per_s = plain_rate
                 if isinstance(event, Chunk):
@@ -165,6 +169,16 @@ class Session:
                            "message": event.message, "stats": event.stats.to_dict(),
                            "summary": event.stats.summary_line(),
                            "category": prompt_type.classify(request.messages)}
+                    self._check_calibration(event.stats)
+
+    def _check_calibration(self, stats) -> None:
+        """Re-measure when plain decoding just ran clearly faster than the cached calibration
+        says it can (the cache was measured while the machine was busy): the speedup shown to
+        the user is only honest against a true plain rate."""
+        if (self.calibration is None or stats.drafted or stats.tokens < 32
+                or stats.tok_per_s < RECALIBRATE_ABOVE * self.calibration.plain_tok_per_s):
+            return
+        self.calibration = calibrate(self.target, self._model_drafters(), refresh=True)
 
 
 def _safe(name: str) -> str:

@@ -80,3 +80,42 @@ def test_confidence_threshold_fits_between_classes():
     for _ in range(10):
         threshold.observe([0.95, 0.9, 0.2], accepted=2)  # confident ones accepted
     assert 0.2 < threshold.value <= 0.9
+
+
+def test_probes_back_off_while_speculation_keeps_losing():
+    ctl = controller(STEEP, 0.025, 0.4)
+    probes = []
+    for step in range(400):
+        drafter, k = ctl.choose()
+        if k:
+            assert ctl.note() == "probing" and k == 1
+            probes.append(step)
+            ctl.observe(StepStats(drafter.name, k, k, 0, 0.0, 0.0))
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert probes[0] == 11 and gaps[:3] == [24, 48, 96]
+    assert set(gaps[3:]) <= {96}  # capped
+
+
+def test_calibration_measured_under_load_is_replaced(tiny_dir):
+    """A cached calibration that claims plain decoding is 50x slower than it really is (as if
+    measured while the machine was busy) is re-measured after the first plain reply."""
+    from engine import calibration as calibration_module
+    from engine.session import ChatRequest, LoadRequest, Session
+
+    session = Session()
+    session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+    real = session.calibration
+    assert real.step_overhead >= 0 and real.plain_tok_per_s > 0
+    path = calibration_module.cache_path(session.target, {})
+    slow = Calibration(CostCurve([s * 50 for s in real.target.seconds]), real.draft_token_seconds,
+                       real.step_overhead, real.measured_at)
+    path.write_text(slow.to_json())
+    session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+    assert session.calibration.plain_tok_per_s < real.plain_tok_per_s / 10
+    request = ChatRequest([{"role": "user", "content": "hello"}], max_tokens=48, mode="off")
+    done = [e for e in session.chat(request) if e["type"] == "done"][0]
+    assert done["stats"]["tokens"] >= 32
+    assert session.calibration.plain_tok_per_s > slow.plain_tok_per_s * 10
+    assert calibration_module.Calibration.from_json(path.read_text()).measured_at > \
+        slow.measured_at
+    session.close()
