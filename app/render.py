@@ -87,3 +87,27 @@ def display_message(message: dict, show_drafts: bool) -> dict:
         elif not message.get("complete", True):
             content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
     return {"role": message["role"], "content": content}
+
+
+def fit_line(fit: dict) -> str:
+    gib = 1024**3
+    numbers = f"needs ~{fit['needed'] / gib:.1f} GiB, {fit['available'] / gib:.1f} GiB available"
+    if fit["fits"]:
+        return f"Memory: fits ({numbers})"
+    return f"⚠ **Will not fit in memory** ({numbers}): loading will be refused."
+
+
+def progress_bar(name: str, done: int, total: int) -> str:
+    share = done / total if total else 0.0
+    return (f'<div class="tdm-progress">{html.escape(name)}: '
+            f'<progress value="{share:.3f}" max="1"></progress> {100 * share:.0f}% '
+            f"({done / 1e6:.0f} of {total / 1e6:.0f} MB)</div>")
+
+
+def recommendation(result: dict) -> str:
+    rows = ["| draft | compatibility | acceptance | cost vs target | window | expected |",
+            "|---|---|---|---|---|---|"]
+    for c in result["candidates"]:
+        rows.append(f"| {c['draft']} | {c['compatibility']} | {percent(c['acceptance'])} | "
+                    f"{c['cost_ratio']:.2f} | {c['window']} | {c['expected_speedup']:.2f}× |")
+    return "\n".join([f"**Recommended:** {result['reason']}", "", *rows])

@@ -26,9 +26,11 @@ from engine.session import ChatRequest, LoadRequest, Session
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared/prompts/dev.jsonl"
 
 
-def load_prompts(path: Path, limit: int | None = None, per_category: int | None = None
-                 ) -> list[dict]:
+def load_prompts(path: Path, limit: int | None = None, per_category: int | None = None,
+                 categories: list[str] | None = None) -> list[dict]:
     prompts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if categories:
+        prompts = [prompt for prompt in prompts if prompt["category"] in categories]
     if per_category:
         seen: dict[str, int] = defaultdict(int)
         kept = []
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first N prompts only")
     parser.add_argument("--per-category", type=int, default=None)
+    parser.add_argument("--categories", default=None, help="comma-separated, e.g. rewrite,code")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session()
     info = session.load(LoadRequest(args.target, args.draft if model_draft else None,
                                     n_ctx=args.n_ctx))
-    prompts = load_prompts(args.prompts, args.limit, args.per_category)
+    prompts = load_prompts(args.prompts, args.limit, args.per_category,
+                           args.categories.split(",") if args.categories else None)
     modes = expand_modes(args.modes.split(","), drafters)
     runs = []
     for prompt in prompts:

@@ -20,7 +20,7 @@ POLL_SECONDS = 0.25
 
 
 def _worker(conn, cancel) -> None:
-    from engine import compat, hardware, models
+    from engine import compat, hardware, models, recommend
     from engine.session import ChatRequest, LoadRequest, Session
 
     session = Session()
@@ -47,6 +47,11 @@ def _worker(conn, cancel) -> None:
                 c = compat.analyse_files(models.resolve(payload["target"]),
                                          models.resolve(payload["draft"]))
                 result = {**asdict(c), "label": c.label()}
+            elif op == "recommend":
+                session.close()  # scoring loads each candidate; one model pair at a time
+                result = recommend.recommend(payload["target"])
+            elif op == "fit":
+                result = _fit(payload["models"], payload.get("n_ctx", 4096))
             elif op == "add_local":
                 result = models.add_local(payload["path"])
             elif op == "stop":
@@ -61,6 +66,19 @@ def _worker(conn, cancel) -> None:
         except Exception as error:  # a bug: report it rather than die silently
             conn.send({"type": "error", "message": f"{type(error).__name__}: {error}",
                        "trace": traceback.format_exc()})
+
+
+def _fit(model_ids: list[str], n_ctx: int) -> dict:
+    from engine import catalog, hardware, models
+    from engine.errors import NotInstalled
+
+    files, not_downloaded = [], 0
+    for model_id in model_ids:
+        try:
+            files.append(models.resolve(model_id))
+        except NotInstalled:
+            not_downloaded += catalog.by_id(model_id).size
+    return hardware.fit_report(files, n_ctx, not_downloaded)
 
 
 class EngineClient:

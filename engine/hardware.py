@@ -54,6 +54,14 @@ def memory_needed(paths: list[Path], n_ctx: int) -> int:
     return sum(p.stat().st_size + kv_cache_bytes(p, n_ctx) for p in paths)
 
 
+def fit_report(paths: list[Path], n_ctx: int, extra_bytes: int = 0) -> dict:
+    """Memory a set of model files needs (files + KV cache at n_ctx, plus ``extra_bytes`` for
+    models not downloaded yet) against what is available now."""
+    needed = memory_needed(paths, n_ctx) + extra_bytes
+    available = max(psutil.virtual_memory().available - HEADROOM, 0)
+    return {"needed": needed, "available": available, "fits": needed <= available}
+
+
 def check_fits(paths: list[Path], n_ctx: int) -> None:
     """Refuse, with the numbers, a set of models that will not fit in available RAM."""
     needed = memory_needed(paths, n_ctx)
