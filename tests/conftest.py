@@ -48,6 +48,8 @@ def tiny_dir(tmp_path_factory) -> Path:
     write_tiny_model(folder / "draft.gguf", "a", seed=5, noise_from=0, noise=0.03)
     write_tiny_model(folder / "other-vocab.gguf", "b", seed=1)
     write_tiny_model(folder / "other-vocab-close.gguf", "b", seed=2, n_layer=1)
+    write_tiny_model(folder / "other-vocab-aligned.gguf", "b", seed=3, noise_from=0,
+                     noise=0.1, rows_like="a")
     write_tiny_model(folder / "small-ctx.gguf", "a", seed=0, n_ctx=64)
     return folder
 

@@ -95,13 +95,27 @@ def vocabulary(kind: str) -> tuple[list[str], list[int], list[str]]:
 def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 64,
                      n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx: int = 4096, noise_from: int | None = None,
-                     noise: float = 0.0, logit_scale: float = 6.0) -> Path:
+                     noise: float = 0.0, logit_scale: float = 6.0,
+                     rows_like: str | None = None) -> Path:
     """Write a tiny f32 llama GGUF. ``noise_from``/``noise``: start from the weights of
-    ``seed=noise_from`` and perturb them, which makes a draft that mostly agrees."""
+    ``seed=noise_from`` and perturb them, which makes a draft that mostly agrees.
+    ``rows_like``: lay out the embedding and output rows as that vocabulary's model would
+    (matched by token text), so a model with another vocabulary computes nearly the same
+    function on the tokens both share — a cross-vocabulary draft that mostly agrees."""
     import gguf
 
     tokens, types, merges = vocabulary(vocab)
     n_vocab = len(tokens)
+    reference = vocabulary(rows_like)[0] if rows_like else tokens
+
+    def by_text(rows: np.ndarray) -> np.ndarray:
+        if rows_like is None:
+            return rows
+        index = {text: i for i, text in enumerate(reference)}
+        spare = np.random.default_rng(seed + 2000)
+        return np.stack([rows[index[t]] if t in index else
+                         spare.standard_normal(rows.shape[1]).astype(np.float32) * rows.std()
+                         for t in tokens])
     base_rng = np.random.default_rng(seed if noise_from is None else noise_from)
     noise_rng = np.random.default_rng(seed + 1000)
     head_dim = n_embd // n_head
@@ -134,7 +148,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
-    writer.add_tensor("token_embd.weight", tensor(n_vocab, n_embd, scale=1.0))
+    writer.add_tensor("token_embd.weight", by_text(tensor(len(reference), n_embd, scale=1.0)))
     for layer in range(n_layer):
         pre = f"blk.{layer}."
         writer.add_tensor(pre + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
@@ -147,7 +161,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
         writer.add_tensor(pre + "ffn_up.weight", tensor(n_ff, n_embd, scale=0.2))
         writer.add_tensor(pre + "ffn_down.weight", tensor(n_embd, n_ff, scale=0.2))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    output = tensor(n_vocab, n_embd, scale=logit_scale / n_embd**0.5)
+    output = by_text(tensor(len(reference), n_embd, scale=logit_scale / n_embd**0.5))
     for special in SPECIALS:  # special tokens never win: replies run to their length
         output[tokens.index(special)] = 0.0
     writer.add_tensor("output.weight", output)
