@@ -40,6 +40,10 @@ class Controller:
         finally:
             self.loaded.set()
 
+    def loading_status(self):
+        """The status line, and whether the page should keep polling for it."""
+        return render.indicators(None, self.status), gr.Timer(active=not self.loaded.is_set())
+
     @staticmethod
     def _describe(info: dict) -> str:
         compat = info.get("compatibility")
@@ -50,10 +54,13 @@ class Controller:
     def conversation_choices(self):
         return gr.update(choices=[(title, cid) for cid, title in self.store.list()])
 
-    def history(self, conv: int | None, show_drafts: bool) -> list[dict]:
+    def history(self, conv: int | None, show_drafts: bool, streaming: int | None = None
+                ) -> list[dict]:
+        """The conversation for the Chatbot; ``streaming`` is the id of a reply in flight."""
         if conv is None:
             return []
-        return [render.display_message(m, show_drafts) for m in self.store.messages(conv)]
+        return [render.display_message(m, show_drafts, m["id"] == streaming)
+                for m in self.store.messages(conv)]
 
     def open_conversation(self, conv, show_drafts):
         system = self.store.system_prompt(conv) if conv is not None else ""
@@ -139,7 +146,7 @@ class Controller:
                 if now - last_push >= THROTTLE_SECONDS:
                     last_push = now
                     self.store.update_message(reply_id, text)
-                    yield (self.history(conv, show_drafts), render.indicators(stats),
+                    yield (self.history(conv, show_drafts, reply_id), render.indicators(stats),
                            self.plot(points))
             elif event["type"] == "done":
                 stats = event["stats"] | {"draft_spans": render.draft_spans(pieces_all),
@@ -340,7 +347,7 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
         conv = gr.State(None)
         with gr.Sidebar(open=True):
             gr.Markdown("### Tandem")
-            new_button = gr.Button("＋ New chat", elem_id="tdm-new")
+            new_button = gr.Button("+ New chat", elem_id="tdm-new")
             conversations = gr.Radio(label="Conversations", choices=[], elem_id="tdm-convs")
             rename_box = gr.Textbox(label="Rename", placeholder="New title", max_lines=1)
             with gr.Row():
@@ -348,7 +355,8 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
                 delete_button = gr.Button("Delete", size="sm", variant="stop")
         with gr.Tab("Chat"):
             indicators = gr.HTML(render.indicators(None, ctl.status), elem_id="tdm-indicators")
-            chatbot = gr.Chatbot(elem_id="tdm-chat", height=520, buttons=["copy", "copy_all"],
+            chatbot = gr.Chatbot(elem_id="tdm-chat", height=520, show_label=False,
+                                 buttons=["copy", "copy_all"],
                                  placeholder="Ask anything. Replies stay exactly the target "
                                              "model's own; speculation only makes them faster.")
             with gr.Row(equal_height=True):
@@ -365,7 +373,7 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
             compare_out = gr.Markdown()
             plot = gr.LinePlot(Controller.plot([]), x="tokens", y="value", color="series",
                                title="This reply: tokens/s and draft window", height=200)
-            with gr.Accordion("Settings", open=False):
+            with gr.Accordion("Settings", open=False, elem_id="tdm-settings"):
                 system = gr.Textbox(label="System prompt", lines=2)
                 with gr.Row():
                     temperature = gr.Slider(0, 2, 0, step=0.05, label="Temperature")
@@ -440,7 +448,7 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
         remeasure_button.click(ctl.remeasure, None, [hw_md, calib_plot], **ENGINE)
         demo.load(ctl.conversation_choices, None, conversations)
         demo.load(ctl.hardware, None, [hw_md, calib_plot], **ENGINE)
-        timer = gr.Timer(1.0)
-        timer.tick(lambda: render.indicators(None, ctl.status) if not ctl.loaded.is_set()
-                   else gr.update(), None, indicators)
+        timer = gr.Timer(1.0)  # shows the loading status until the models are ready
+        timer.tick(ctl.loading_status, None, [indicators, timer])
+        demo.load(ctl.loading_status, None, [indicators, timer])
     return demo

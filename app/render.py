@@ -9,23 +9,49 @@ FENCE = "```"
 
 def highlight(text: str, draft_spans: list[list[int]]) -> str:
     """Wrap characters that came from accepted drafts in <span class="tdm-draft">, except
-    inside code fences (where HTML would show literally)."""
+    inside code (fences and inline spans), where HTML would show literally."""
     if not draft_spans:
         return text
+    code = code_mask(text)
     out, cursor = [], 0
     for start, end in draft_spans:
         if start < cursor or end <= start:
             continue
         out.append(text[cursor:start])
-        segment = text[start:end]
-        inside_fence = text[:start].count(FENCE) % 2 == 1 or FENCE in segment
-        if inside_fence or not segment.strip():
-            out.append(segment)
-        else:
-            out.append(f'<span class="tdm-draft">{html.escape(segment)}</span>')
+        run_start = start
+        for i in range(start, end + 1):  # split the span where code begins or ends
+            if i == end or code[i] != code[run_start]:
+                segment = text[run_start:i]
+                if code[run_start] or not segment.strip():
+                    out.append(segment)
+                else:
+                    out.append(f'<span class="tdm-draft">{html.escape(segment)}</span>')
+                run_start = i
         cursor = end
     out.append(text[cursor:])
     return "".join(out)
+
+
+def code_mask(text: str) -> list[bool]:
+    """Per character: inside a ``` fence or an inline `code` span (backticks included)."""
+    mask = [False] * len(text)
+    fenced = inline = False
+    i = 0
+    while i < len(text):
+        if text.startswith(FENCE, i):
+            fenced, inline = not fenced, False
+            mask[i:i + 3] = [True] * 3
+            i += 3
+            continue
+        if text[i] == "\n":
+            inline = False  # inline code never spans lines
+        if text[i] == "`" and not fenced:
+            inline = not inline
+            mask[i] = True
+        else:
+            mask[i] = fenced or inline
+        i += 1
+    return mask
 
 
 def draft_spans(pieces: list[tuple[str, str]], offset: int = 0) -> list[list[int]]:
@@ -76,7 +102,7 @@ def stats_line(stats: dict) -> str:
     return " · ".join(parts)
 
 
-def display_message(message: dict, show_drafts: bool) -> dict:
+def display_message(message: dict, show_drafts: bool, streaming: bool = False) -> dict:
     content = message["content"]
     stats = message.get("stats") or {}
     if message["role"] == "assistant":
@@ -84,7 +110,7 @@ def display_message(message: dict, show_drafts: bool) -> dict:
             content = highlight(content, stats.get("draft_spans", []))
         if stats.get("tokens") is not None:
             content += f'\n\n<span class="tdm-stats">{html.escape(stats_line(stats))}</span>'
-        elif not message.get("complete", True):
+        elif not message.get("complete", True) and not streaming:
             content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
     return {"role": message["role"], "content": content}
 

@@ -1,0 +1,159 @@
+"""Reliability through the real pieces: the engine worker process (crash, hostile files, too
+big for memory), the session (no state between conversations), and the launched app (clients
+served in turn, cancel frees the engine, the store survives kill -9)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+from app_process import running_app
+from gradio_client import Client
+from test_model_files import hostile_corpus
+
+from engine.errors import DoesNotFit, TandemError
+from engine.facade import EngineClient
+from engine.session import ChatRequest, LoadRequest, Session
+
+MESSAGES = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+
+
+def chat_request(max_tokens: int = 24, **extra) -> dict:
+    return {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0.0, **extra}
+
+
+@pytest.fixture()
+def engine():
+    client = EngineClient()
+    yield client
+    client.close()
+
+
+def test_worker_killed_mid_reply_is_reported_then_recovered(engine, tiny_dir):
+    engine.load(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf"))
+    events = engine.chat(chat_request(max_tokens=4000, mode="fixed", window=3))
+    first = next(events)
+    assert first["type"] == "chunk"
+    os.kill(engine._proc.pid, signal.SIGKILL)  # what the OOM killer or a segfault does
+    rest = list(events)
+    assert rest[-1]["type"] == "error" and rest[-1]["crashed"]
+    assert "stopped unexpectedly" in rest[-1]["message"]
+    # the next request starts a fresh worker that reloads the same pair by itself
+    done = list(engine.chat(chat_request()))[-1]
+    assert done["type"] == "done" and done["stats"]["tokens"] > 0
+    assert engine.call("info")["target"] == str(tiny_dir / "target.gguf")
+
+
+def test_hostile_files_are_refused_by_the_worker_and_it_stays_usable(engine, tiny_dir,
+                                                                      tmp_path):
+    valid = (tiny_dir / "target.gguf").read_bytes()
+    corpus = hostile_corpus(valid, tiny_dir)
+    for name, data in corpus.items():
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(data)
+        with pytest.raises(TandemError) as refused:
+            engine.load(str(path), None)
+        assert "not a usable GGUF" in str(refused.value), name
+    assert len(corpus) >= 12
+    engine.load(str(tiny_dir / "target.gguf"), None)
+    assert list(engine.chat(chat_request()))[-1]["type"] == "done"
+
+
+def test_pair_too_big_for_memory_is_refused_before_loading(tiny_dir, tmp_path):
+    huge = tmp_path / "huge.gguf"
+    shutil.copy(tiny_dir / "target.gguf", huge)
+    os.truncate(huge, 256 * 1024**3)  # sparse: looks like a 256 GiB model, costs no disk
+    session = Session()
+    with pytest.raises(DoesNotFit) as refused:
+        session.load(LoadRequest(str(huge)))
+    assert "GiB" in str(refused.value) and "available" in str(refused.value)
+    assert session.target is None  # nothing was loaded
+    with pytest.raises(DoesNotFit):  # a context too long for memory: same guard
+        session.load(LoadRequest(str(tiny_dir / "target.gguf"), n_ctx=2**31))
+
+
+def test_no_state_leaks_between_conversations(tiny_dir):
+    second = [{"role": "user", "content": "Hello world!"}]
+
+    def reply(session: Session, messages) -> str:
+        request = ChatRequest(messages, max_tokens=40, temperature=0.0, mode="fixed", window=3)
+        return [e for e in session.chat(request) if e["type"] == "done"][0]["text"]
+
+    fresh = Session()
+    fresh.load(LoadRequest(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf")))
+    expected = reply(fresh, second)
+    fresh.close()
+    used = Session()
+    used.load(LoadRequest(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf")))
+    reply(used, MESSAGES)
+    reply(used, [*MESSAGES, {"role": "assistant", "content": "fox"},
+                 {"role": "user", "content": "more"}])
+    assert reply(used, second) == expected
+    used.close()
+
+
+APP_SETTINGS = dict(param_2="", param_3=0.0, param_4=1.0, param_5=64, param_6="fixed",
+                    param_7=3, param_8="both", param_9=False)
+
+
+def submit(client: Client, text: str, max_tokens: int = 64):
+    return client.submit(text, *{**APP_SETTINGS, "param_5": max_tokens}.values(),
+                         api_name="/chat")
+
+
+def final_reply(job) -> str:
+    content = job.outputs()[-1][1][-1]["content"]  # (box, chatbot, …): State is not sent
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir,
+                                                                        isolated_home):
+    target, draft = tiny_dir / "target.gguf", tiny_dir / "draft.gguf"
+    with running_app(isolated_home, target, draft) as (url, proc):
+        clients = [Client(url, verbose=False) for _ in range(4)]
+        jobs = [submit(c, f"client {i}: tell me about the fox") for i, c in enumerate(clients)]
+        for job in jobs:
+            job.result(timeout=300)
+        for job in jobs:
+            assert "tok/s" in final_reply(job), "a client did not get a complete reply"
+
+        # a cancelled request frees the engine at once
+        long_job = submit(clients[0], "a very long answer please", max_tokens=4000)
+        while len(long_job.outputs()) < 2 and not long_job.done():
+            time.sleep(0.05)
+        started = time.monotonic()
+        clients[1].predict(api_name="/stop")
+        long_job.result(timeout=60)
+        quick = submit(clients[1], "and now a short one")
+        quick.result(timeout=60)
+        assert time.monotonic() - started < 30
+        assert "tok/s" in final_reply(quick)
+
+        # kill -9 in the middle of a reply
+        doomed = submit(clients[2], "this reply will be cut off", max_tokens=4000)
+        while len(doomed.outputs()) < 3 and not doomed.done():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        threading.Event().wait(0.5)
+
+    db = sqlite3.connect(isolated_home / "conversations.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = db.execute("SELECT c.title, m.role, m.complete FROM messages m "
+                      "JOIN conversations c ON c.id = m.conversation_id").fetchall()
+    finished = [r for r in rows if r[1] == "assistant" and r[2]]
+    assert len(finished) >= 5  # four clients + the short one, all intact
+    assert sum(1 for r in rows if r[1] == "user") >= 7
+    cut = [r for r in rows if r[1] == "assistant" and not r[2]]
+    assert len(cut) == 1 and cut[0][0].startswith("client 2")  # only the reply in flight
+    # and the app starts again on the same data
+    with running_app(isolated_home, target, draft) as (url, _):
+        assert "/chat" in Client(url, verbose=False).view_api(
+            return_format="dict", print_info=False)["named_endpoints"]
