@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,8 +90,9 @@ def package_index(wheels: list[Path]):
 
 
 @contextmanager
-def hub(files: dict[str, bytes], etag_override: str | None = None):
-    """Serve ``{"org/repo/file.gguf": data}`` at /org/repo/resolve/main/file.gguf."""
+def hub(files: dict[str, bytes], etag_override: str | None = None, seconds_per_mb: float = 0.0):
+    """Serve ``{"org/repo/file.gguf": data}`` at /org/repo/resolve/main/file.gguf, optionally
+    throttled (``seconds_per_mb``) so a download can be watched and cancelled."""
     commit = "0" * 40
 
     class Handler(_Quiet):
@@ -117,7 +119,13 @@ def hub(files: dict[str, bytes], etag_override: str | None = None):
                 return
             self._head(data)
             if with_body:
-                self.wfile.write(data)
+                step = 64 * 1024
+                for start in range(0, len(data), step):
+                    try:
+                        self.wfile.write(data[start:start + step])
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    time.sleep(seconds_per_mb * step / 1e6)
 
         def do_HEAD(self):
             self._respond(with_body=False)
