@@ -60,6 +60,32 @@ def test_tli_sampling_matches_target_and_broken_bridge_is_caught(tiny_target, ot
     assert not ok, f"a bridge that misreports q passed ({stat} < {critical})"
 
 
+def test_tli_with_a_broken_mapping_is_caught(tiny_target, other_vocab_draft):
+    """Draft tokens sent to the wrong target ids (off by one) while their probabilities are
+    reported at the right ones: the distribution test fails."""
+    prompt = tiny_target.tokenize("for item in items")
+    joint = exact_joint(tiny_target, prompt)
+
+    def broken_policy():
+        drafter = UniversalDrafter(other_vocab_draft, tiny_target)
+        correct = drafter.to_target.copy()
+        drafter.to_target = np.where(correct >= 0, (correct + 1) % tiny_target.n_vocab, -1)
+        report_q = UniversalDrafter._q_in_target
+
+        def q_with_correct_map(q):
+            drafter.to_target, broken = correct, drafter.to_target
+            try:
+                return report_q(drafter, q)
+            finally:
+                drafter.to_target = broken
+
+        drafter._q_in_target = q_with_correct_map
+        return FixedWindow(drafter, 3)
+
+    ok, stat, critical = fits(sample_pairs(tiny_target, prompt, broken_policy), joint)
+    assert not ok, f"a broken vocabulary mapping passed ({stat} < {critical})"
+
+
 TEXTS = {
     "code": "def merge(a: dict, b: dict) -> dict:\n\tresult = {**a}\n    return result  # done\n",
     "whitespace": "  leading, double  space,\n\n\nnewlines\t\ttabs   \r\n trailing   ",
