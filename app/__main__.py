@@ -43,6 +43,7 @@ def main() -> None:
                     app_kwargs={"middleware": host_check}, max_file_size=MAX_UPLOAD_BYTES,
                     blocked_paths=[str(paths.data_dir())], enable_monitoring=False,
                     theme=gr.themes.Soft(), css=(ASSETS / "tandem.css").read_text(),
+                    js=(ASSETS / "tandem.js").read_text(),
                     favicon_path=str(ASSETS / "icon.png"), show_error=True)
     finally:
         engine.close()

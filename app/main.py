@@ -54,6 +54,10 @@ class Controller:
     def conversation_choices(self):
         return gr.update(choices=[(title, cid) for cid, title in self.store.list()])
 
+    def conversation_titles(self) -> list[str]:
+        """The sidebar's list as plain data (an API endpoint for scripts and tests)."""
+        return [title for _, title in self.store.list()]
+
     def history(self, conv: int | None, show_drafts: bool, streaming: int | None = None
                 ) -> list[dict]:
         """The conversation for the Chatbot; ``streaming`` is the id of a reply in flight."""
@@ -345,7 +349,7 @@ class Controller:
 def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
     with gr.Blocks(title="Tandem") as demo:
         conv = gr.State(None)
-        with gr.Sidebar(open=True):
+        with gr.Sidebar(open=True, elem_id="tdm-sidebar"):
             gr.Markdown("### Tandem")
             new_button = gr.Button("+ New chat", elem_id="tdm-new")
             conversations = gr.Radio(label="Conversations", choices=[], elem_id="tdm-convs")
@@ -447,6 +451,7 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
         remove_button.click(ctl.remove_model, manage_pick, [manage_status, *pickers])
         remeasure_button.click(ctl.remeasure, None, [hw_md, calib_plot], **ENGINE)
         demo.load(ctl.conversation_choices, None, conversations)
+        gr.api(ctl.conversation_titles, api_name="conversations")
         demo.load(ctl.hardware, None, [hw_md, calib_plot], **ENGINE)
         timer = gr.Timer(1.0)  # shows the loading status until the models are ready
         timer.tick(ctl.loading_status, None, [indicators, timer])

@@ -36,6 +36,13 @@ def no_horizontal_overflow(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
 
 
+def message_box_uncovered(page) -> bool:
+    box = page.locator("#tdm-input textarea").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    return page.evaluate("([x, y]) => document.querySelector('#tdm-input')"
+                         ".contains(document.elementFromPoint(x, y))", [x, y])
+
+
 def test_chat_in_a_real_browser(browser, isolated_home):
     ARTIFACTS.mkdir(exist_ok=True)
     target = offline_model("qwen2.5-coder-1.5b-instruct-q4_k_m")
@@ -67,7 +74,13 @@ def test_chat_in_a_real_browser(browser, isolated_home):
         page.screenshot(path=str(ARTIFACTS / "browser-laptop.png"), full_page=True)
 
         assert page.get_by_text("explain what Python's len() does").count() >= 1
-        page.set_viewport_size({"width": 390, "height": 844})
-        page.wait_for_timeout(500)
-        assert no_horizontal_overflow(page), "the page scrolls sideways at phone width"
-        page.screenshot(path=str(ARTIFACTS / "browser-phone.png"), full_page=True)
+
+        # a phone-width window: the sidebar starts closed, nothing covers the message box,
+        # nothing scrolls sideways
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(url)
+        phone.wait_for_selector("#tdm-indicators :text('Ready')", timeout=60_000)
+        phone.wait_for_timeout(1500)
+        assert message_box_uncovered(phone), "something covers the message box at phone width"
+        assert no_horizontal_overflow(phone), "the page scrolls sideways at phone width"
+        phone.screenshot(path=str(ARTIFACTS / "browser-phone.png"))
