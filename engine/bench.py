@@ -137,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N prompts only")
     parser.add_argument("--per-category", type=int, default=None)
     parser.add_argument("--categories", default=None, help="comma-separated, e.g. rewrite,code")
+    parser.add_argument("--drafters", default=None,
+                        help="fixed modes only for these drafters (model,ngram); default both")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     model_draft = args.draft not in ("ngram", "none")
     drafters = (["model", "ngram"] if model_draft else ["ngram"]) if args.draft != "none" else []
+    if args.drafters:
+        drafters = [d for d in drafters if d in args.drafters.split(",")]
     session = Session()
     info = session.load(LoadRequest(args.target, args.draft if model_draft else None,
                                     n_ctx=args.n_ctx))
