@@ -123,20 +123,23 @@ def measure_draft(model: Model, tokens: int = 12) -> float:
     return statistics.median(samples)
 
 
-def measure_step_overhead(model: Model, curve: CostCurve, tokens: int = 24) -> float:
-    """Seconds per step that the decoding loop spends outside llama.cpp (plain steps)."""
+def measure_step_overhead(model: Model, tokens: int = 24) -> float:
+    """Seconds per step that the decoding loop spends outside llama.cpp (plain steps): wall
+    time of a short generation minus the time inside llama_decode, per target pass."""
     from engine.speculative import Finished, GenerationParams, generate
 
     prompt = _warm_context(model)[:16]
     model.reset()
+    busy_before, started = model.busy_seconds, time.perf_counter()
     finished = None
     for event in generate(model, prompt, GenerationParams(tokens)):
         finished = event if isinstance(event, Finished) else finished
+    wall = time.perf_counter() - started
+    busy = model.busy_seconds - busy_before
     model.reset()
     if finished is None or not finished.stats.target_passes:
         return 0.0
-    per_step = finished.stats.seconds / finished.stats.target_passes
-    return max(per_step - curve.seconds[0], 0.0)
+    return max(wall - busy, 0.0) / finished.stats.target_passes
 
 
 def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) -> Calibration:
@@ -150,7 +153,7 @@ def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) ->
     curve = measure_target(target)
     draft_costs = {name: measure_draft(model) for name, model in drafts.items()}
     draft_costs["ngram"] = 0.0
-    calibration = Calibration(curve, draft_costs, measure_step_overhead(target, curve),
+    calibration = Calibration(curve, draft_costs, measure_step_overhead(target),
                               measured_at=time.time())
     tmp = path.with_suffix(".tmp")
     tmp.write_text(calibration.to_json())

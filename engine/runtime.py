@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ class Model:
         self.vocab_type = llama_cpp.llama_vocab_type(self._vocab)
         self._pieces: dict[int, bytes] = {}
         self.kv_tokens: list[int] = []
+        self.busy_seconds = 0.0  # time spent inside llama_decode (profiling the loop)
         self.n_ctx = 0
         if vocab_only:
             return
@@ -234,6 +236,7 @@ class Model:
         if logits == "all" and len(tokens) > self.n_batch:
             raise ValueError("cannot return logits for more than n_batch tokens at once")
         batch = self._batch
+        started = time.perf_counter()
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
             last_chunk = start + self.n_batch >= len(tokens)
@@ -251,6 +254,7 @@ class Model:
                 raise TandemError(f"llama.cpp could not evaluate the batch (code {code}); the "
                                   "context may be full or memory exhausted.")
             self.kv_tokens.extend(chunk)
+        self.busy_seconds += time.perf_counter() - started
         if logits == "none":
             return None
         rows = len(tokens) if logits == "all" else 1
