@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N prompts only")
     parser.add_argument("--per-category", type=int, default=None)
     parser.add_argument("--categories", default=None, help="comma-separated, e.g. rewrite,code")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each prompt's interleaved sequence this many times")
     parser.add_argument("--drafters", default=None,
                         help="fixed modes only for these drafters (model,ngram); default both")
     parser.add_argument("--n-ctx", type=int, default=4096)
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.categories.split(",") if args.categories else None)
     modes = expand_modes(args.modes.split(","), drafters)
     runs = []
-    for prompt in prompts:
+    for prompt in [p for p in prompts for _ in range(args.repeats)]:
         for label, mode, drafter in modes:
             for current_label, current_mode, current_drafter in (("plain", "plain", "none"),
                                                                  (label, mode, drafter)):
