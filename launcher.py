@@ -89,17 +89,35 @@ def requirements_hash(requirements: Path, accelerator: str) -> str:
 
 
 def run_logged(cmd: list[str], env: dict | None = None) -> int:
-    """Run a command, echoing its output to the console and the log file."""
+    """Run a command, echoing its output to the console and the log file. Progress updates
+    ending in a carriage return redraw one console line and stay out of the log."""
     with open(LOG, "a", encoding="utf-8") as handle:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env, text=True, errors="replace")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            handle.write(line)
-            if not line.startswith("WARNING: Location"):
-                sys.stdout.write(line)
+        pending, width = b"", 0
+        while True:
+            chunk = proc.stdout.read1(65536)
+            pending += chunk
+            while pending:
+                ends = [i for i in (pending.find(b"\n"), pending.find(b"\r")) if i >= 0]
+                cut = min(ends) if ends else len(pending)
+                if chunk and (not ends or pending[cut:] == b"\r"):
+                    break  # wait for the rest of the line (or the \n of a \r\n)
+                text = pending[:cut].decode("utf-8", "replace")
+                separator = pending[cut:cut + 2]
+                newline = not ends or separator[:1] == b"\n" or separator == b"\r\n"
+                pending = pending[cut + (2 if separator == b"\r\n" else 1):]
+                if newline:
+                    handle.write(text + "\n")
+                    if not text.startswith("WARNING: Location"):
+                        sys.stdout.write("\r" * bool(width) + text.ljust(width) + "\n")
+                    width = 0
+                elif text:
+                    sys.stdout.write("\r" + text.ljust(width))
+                    width = len(text)
                 sys.stdout.flush()
-        return proc.wait()
+            if not chunk:
+                return proc.wait()
 
 
 def ensure_venv(requirements: Path, accelerator: str) -> Path:

@@ -108,3 +108,24 @@ def test_free_port_skips_a_taken_one():
     assert chosen != port
     launcher.check_host("127.0.0.1", False)
     launcher.check_host("::1", False)
+
+
+def test_progress_redraws_one_line_and_stays_out_of_the_log(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import launcher
+
+    monkeypatch.setattr(launcher, "LOG", tmp_path / "launcher.log")
+    script = tmp_path / "emit.py"
+    script.write_text(
+        "import sys, time\n"
+        "print('start', flush=True)\n"
+        "for p in (10, 50, 100):\n"
+        "    sys.stderr.write(f'\\rmodel: {p}%'); sys.stderr.flush(); time.sleep(0.02)\n"
+        "print('\\rinstalled', flush=True)\n"
+        "sys.stdout.buffer.write(b'windows line\\r\\nlast without newline')\n")
+    assert launcher.run_logged([sys.executable, str(script)]) == 0
+    shown = capsys.readouterr().out
+    assert "\rmodel: 50%" in shown and "\rinstalled" in shown
+    assert "windows line\n" in shown and shown.endswith("last without newline\n")
+    logged = (tmp_path / "launcher.log").read_text()
+    assert logged == "start\ninstalled\nwindows line\nlast without newline\n"
