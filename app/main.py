@@ -12,6 +12,7 @@ import pandas as pd
 from app import render
 from app.store import Store
 from engine import catalog, models
+from engine.compat import small_enough_to_draft
 from engine.errors import TandemError
 from engine.facade import EngineClient
 
@@ -220,7 +221,7 @@ class Controller:
                 compat = self.engine.call("compat", {"target": target, "draft": draft})
                 sizes = {r["id"]: r["size"] for r in self.engine.known_models()}
                 note = ""
-                if sizes.get(draft, 0) > 0.5 * sizes.get(target, 1):
+                if not small_enough_to_draft(sizes.get(draft, 0), sizes.get(target, 1)):
                     note = " · not recommended: the draft is not much smaller than the target"
                 lines.append(f"Compatibility: **{compat['label']}**{note}")
             except TandemError as error:

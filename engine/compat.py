@@ -18,6 +18,11 @@ from engine.runtime import Model
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128  # llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 VOCAB_CHECK_START_TOKEN_ID = 5  # llama.cpp's SPEC_VOCAB_CHECK_START_TOKEN_ID
+DRAFT_MAX_SIZE_SHARE = 0.5  # a draft file larger than this share of the target cannot pay off
+
+
+def small_enough_to_draft(draft_bytes: int, target_bytes: int) -> bool:
+    return draft_bytes <= DRAFT_MAX_SIZE_SHARE * target_bytes
 
 
 @dataclass(frozen=True)

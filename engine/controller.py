@@ -180,7 +180,7 @@ class AdaptiveController(WindowPolicy):
     def choose(self) -> tuple[Drafter, int]:
         curve = self.calibration.target
         overhead = self.calibration.step_overhead
-        plain_speed = 1.0 / (curve.verify(1) + overhead)
+        plain_speed = self.calibration.plain_tok_per_s
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
         for drafter in self.drafters:
             k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),

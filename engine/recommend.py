@@ -98,10 +98,9 @@ def score(calibration: Calibration, draft_id: str, draft: Model, compatibility: 
     acceptance = agreement(draft, answers, compatibility.kind == "native")
     cost = measure_draft(draft)
     curve, overhead = calibration.target, calibration.step_overhead
-    plain = 1.0 / (curve.verify(1) + overhead)
     window, speed = best_window([acceptance] * 16, cost, curve.verify, overhead)
     return Candidate(draft_id, compatibility.label(), acceptance, cost / curve.seconds[0], window,
-                     speed / plain)
+                     speed / calibration.plain_tok_per_s)
 
 
 def installed_drafts(target_path: Path) -> list[tuple[str, Path]]:
@@ -110,7 +109,7 @@ def installed_drafts(target_path: Path) -> list[tuple[str, Path]]:
     out = []
     for row in models.known_models():
         if row.installed and row.path is not None and row.path != target_path \
-                and row.size < 0.5 * target_size:
+                and compat.small_enough_to_draft(row.size, target_size):
             out.append((row.id, row.path))
     return out
 

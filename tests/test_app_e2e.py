@@ -9,19 +9,13 @@ import pytest
 from app_process import running_app
 from conftest import offline_model
 from gradio_client import Client
+from helpers import message_text
 
 pytestmark = pytest.mark.slow
 
 TARGET = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 SETTINGS = dict(param_2="", param_3=0.0, param_4=1.0, param_5=48, param_6="auto", param_7=3,
                 param_8="both", param_9=True)
-
-
-def text_of(message: dict) -> str:
-    content = message["content"]
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
 
 
 def chat(client: Client, text: str, **overrides):
@@ -41,7 +35,7 @@ def test_chat_stream_stats_cross_family_stop_and_restart(isolated_home):
         final = outputs[-1]
         history, indicators = final[1], final[2]
         assert history[-1]["role"] == "assistant"
-        reply = text_of(history[-1])
+        reply = message_text(history[-1])
         assert "def " in reply and "tok/s" in reply  # answer plus its stats line
         assert "acceptance" in indicators or "tokens/s" in indicators
 
@@ -59,7 +53,7 @@ def test_chat_stream_stats_cross_family_stop_and_restart(isolated_home):
             pass
         client.predict(api_name="/stop")
         job.result(timeout=300)
-        final = text_of(job.outputs()[-1][1][-1])
+        final = message_text(job.outputs()[-1][1][-1])
         assert final.count("\n") < 300
 
     # the conversations survive a restart

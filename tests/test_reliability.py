@@ -8,12 +8,12 @@ import os
 import shutil
 import signal
 import sqlite3
-import threading
 import time
 
 import pytest
 from app_process import running_app
 from gradio_client import Client
+from helpers import message_text
 from test_model_files import hostile_corpus
 
 from engine.errors import DoesNotFit, TandemError
@@ -107,10 +107,7 @@ def submit(client: Client, text: str, max_tokens: int = 64):
 
 
 def final_reply(job) -> str:
-    content = job.outputs()[-1][1][-1]["content"]  # (box, chatbot, …): State is not sent
-    if isinstance(content, list):
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
+    return message_text(job.outputs()[-1][1][-1])  # (box, chatbot, …): State is not sent
 
 
 def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir,
@@ -142,7 +139,6 @@ def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        threading.Event().wait(0.5)
 
     db = sqlite3.connect(isolated_home / "conversations.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
