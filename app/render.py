@@ -131,9 +131,10 @@ def progress_bar(name: str, done: int, total: int) -> str:
 
 
 def recommendation(result: dict) -> str:
-    rows = ["| draft | compatibility | acceptance | cost vs target | window | expected |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| draft | compatibility | acceptance | cost vs target | window | expected | "
+            "if always right |", "|---|---|---|---|---|---|---|"]
     for c in result["candidates"]:
         rows.append(f"| {c['draft']} | {c['compatibility']} | {percent(c['acceptance'])} | "
-                    f"{c['cost_ratio']:.2f} | {c['window']} | {c['expected_speedup']:.2f}× |")
+                    f"{c['cost_ratio']:.2f} | {c['window']} | {c['expected_speedup']:.2f}× | "
+                    f"{c['ceiling']:.2f}× |")
     return "\n".join([f"**Recommended:** {result['reason']}", "", *rows])

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from engine import hardware
+from engine.controller import ceiling
 from engine.session import ChatRequest, LoadRequest, Session
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared/prompts/dev.jsonl"
@@ -113,6 +114,13 @@ def divergences(runs: list[dict]) -> list[dict]:
     return out
 
 
+def ceilings(calibration) -> dict[str, float]:
+    """Per drafter: the speedup drafts that are always right would give on this machine."""
+    return {name: ceiling(cost, calibration.target.verify, calibration.step_overhead,
+                          calibration.plain_tok_per_s)
+            for name, cost in calibration.draft_token_seconds.items()}
+
+
 def print_table(summary: list[dict], out=sys.stdout) -> None:
     print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}",
           file=out)
@@ -168,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
+    limits = ceilings(session.calibration)
+    print("\nceiling (every draft accepted) on this machine: "
+          + ", ".join(f"{name} {value:.2f}x" for name, value in limits.items()))
     if args.temperature == 0:
         print(f"\ngreedy texts differing from plain: {len(diverged)} of "
               f"{sum(1 for r in runs if r['mode'] != 'plain')} runs", file=sys.stdout)
@@ -177,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         machine = {**hardware.describe(), "python": platform.python_version(),
                    "threads": info["threads"], "gpu_layers": info["gpu_layers"]}
         report = {"machine": machine, "target": args.target, "draft": args.draft,
-                  "compatibility": info.get("compatibility"), "calibration": info.get(
-                      "calibration"), "runs": runs, "summary": summary, "divergent": diverged}
+                  "compatibility": info.get("compatibility"),
+                  "calibration": info.get("calibration"), "ceilings": limits, "runs": runs,
+                  "summary": summary, "divergent": diverged}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     session.close()

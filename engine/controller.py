@@ -4,7 +4,9 @@ Cost model: with per-position conditional acceptance a_1..a_k for a drafter, a p
 expected to emit E(k) = 1 + a_1 + a_1 a_2 + … tokens and to take
 T(k) = k × draft cost + verify cost(k+1) + overhead (costs measured by ``engine.calibration``).
 The controller picks the drafter and k with the best E(k)/T(k); when that is not at least
-(1 + margin) × plain speed it turns speculation off and probes again now and then.
+(1 + margin) × plain speed it turns speculation off and probes again now and then. A drafter
+whose *ceiling* — the speedup it would give if every drafted token were accepted — is under
+that bar is never run nor probed: on such hardware no acceptance rate can make it pay.
 
 Online, acceptance estimates are updated after every step (decayed counts per position), and
 a draft model stops drafting early when its own confidence falls below a threshold that is
@@ -71,15 +73,27 @@ def expected_tokens(rates: Sequence[float], k: int) -> float:
     return total
 
 
+def window_speed(rates: Sequence[float], k: int, draft_cost: float, verify,
+                 overhead: float) -> float:
+    """Expected tokens per second of passes with window k: E(k) / T(k)."""
+    return expected_tokens(rates, k) / (k * draft_cost + verify(k + 1) + overhead)
+
+
 def best_window(rates: Sequence[float], draft_cost: float, verify, overhead: float,
                 max_k: int = MAX_WINDOW) -> tuple[int, float]:
     """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k."""
-    best_k, best_speed = 0, 1.0 / (verify(1) + overhead)
-    for k in range(1, max_k + 1):
-        speed = expected_tokens(rates, k) / (k * draft_cost + verify(k + 1) + overhead)
-        if speed > best_speed:
-            best_k, best_speed = k, speed
-    return best_k, best_speed
+    speeds = [(k, window_speed(rates, k, draft_cost, verify, overhead))
+              for k in range(max_k + 1)]
+    return max(speeds, key=lambda pair: pair[1])
+
+
+def ceiling(draft_cost: float, verify, overhead: float, plain_speed: float,
+            max_k: int = MAX_WINDOW) -> float:
+    """The speedup over plain decoding of a drafter that is always right: the most that
+    speculation with this draft cost can give on this machine."""
+    always = [1.0] * max_k
+    return max(window_speed(always, k, draft_cost, verify, overhead) for k in range(1, max_k + 1)) \
+        / plain_speed
 
 
 class ConfidenceThreshold:
@@ -152,6 +166,7 @@ class AdaptiveController(WindowPolicy):
         self.thresholds = {d.name: ConfidenceThreshold() for d in self.drafters}
         self.reason = ""
         self.expected_speedup = 1.0
+        self.ceilings: dict[str, float] = {}
         self._off_steps = 0
         self._probe_every = PROBE_EVERY
         self._current: tuple[Drafter, int] = (Drafter(), 0)
@@ -172,6 +187,15 @@ class AdaptiveController(WindowPolicy):
             prior = self.memory.prior(drafter.name, self.category, default) if self.memory \
                 else default
             self.estimates[drafter.name] = AcceptanceEstimate(prior=prior)
+        calibration = self.calibration
+        self.ceilings = {
+            drafter.name: ceiling(self._draft_cost(drafter), calibration.target.verify,
+                                  calibration.step_overhead, calibration.plain_tok_per_s,
+                                  self.max_window)
+            for drafter in self.drafters}
+
+    def _worth_trying(self) -> list[Drafter]:
+        return [d for d in self.drafters if self.ceilings.get(d.name, 0.0) >= 1.0 + self.margin]
 
     def _draft_cost(self, drafter: Drafter) -> float:
         costs = self.calibration.draft_token_seconds
@@ -182,7 +206,8 @@ class AdaptiveController(WindowPolicy):
         overhead = self.calibration.step_overhead
         plain_speed = self.calibration.plain_tok_per_s
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
-        for drafter in self.drafters:
+        candidates = self._worth_trying()
+        for drafter in candidates:
             k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),
                                    curve.verify, overhead, self.max_window)
             if k and speed > best[2]:
@@ -191,17 +216,16 @@ class AdaptiveController(WindowPolicy):
         self.expected_speedup = speed / plain_speed
         if drafter is None or self.expected_speedup < 1.0 + self.margin:
             self._off_steps += 1
-            if self._off_steps >= self._probe_every and self.drafters:
+            if self._off_steps >= self._probe_every and candidates:
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
                 # probe with the cheapest drafter: a draft model's probe would first have to
                 # catch its cache up with everything generated since it last ran
-                probe = min(self.drafters, key=self._draft_cost)
+                probe = min(candidates, key=self._draft_cost)
                 self.reason = "probing"
                 self._current = (probe, 1)
                 return self._current
-            self.reason = (f"speculation off: best expected speedup "
-                           f"{self.expected_speedup:.2f}x is below {1 + self.margin:.2f}x")
+            self.reason = self._off_reason(candidates)
             self._current = (Drafter(), 0)
             return self._current
         self._probe_every = PROBE_EVERY
@@ -211,6 +235,16 @@ class AdaptiveController(WindowPolicy):
                        "vs plain")
         self._current = (drafter, k)
         return self._current
+
+    def _off_reason(self, candidates: list[Drafter]) -> str:
+        if not self.drafters:
+            return "speculation off: no drafter for this pair"
+        if not candidates:
+            best = ", ".join(f"{name} {value:.2f}x" for name, value in self.ceilings.items())
+            return ("speculation off: on this machine even drafts that are always right would "
+                    f"not reach {1 + self.margin:.2f}x plain (at most: {best})")
+        return (f"speculation off: best expected speedup {self.expected_speedup:.2f}x is below "
+                f"{1 + self.margin:.2f}x")
 
     def observe(self, step: StepStats) -> None:
         drafter, _ = self._current
@@ -225,6 +259,7 @@ class AdaptiveController(WindowPolicy):
 
     def finish(self, stats: MessageStats) -> None:
         stats.expected_speedup = self.expected_speedup
+        stats.ceiling_speedup = max(self.ceilings.values(), default=None)
         if self.memory is None:
             return
         for name, estimate in self.estimates.items():

@@ -26,7 +26,7 @@ import numpy as np
 from engine import catalog, compat, models
 from engine.calibration import Calibration, calibrate, measure_draft
 from engine.compat import Compatibility
-from engine.controller import MARGIN, best_window
+from engine.controller import MARGIN, best_window, ceiling
 from engine.prompting import prompt_tokens
 from engine.runtime import Model, RuntimeOptions
 from engine.speculative import Finished, GenerationParams, generate
@@ -48,6 +48,7 @@ class Candidate:
     cost_ratio: float  # draft cost per token / target cost per token
     window: int
     expected_speedup: float
+    ceiling: float  # the speedup if every drafted token were accepted
 
 
 @dataclass
@@ -98,9 +99,10 @@ def score(calibration: Calibration, draft_id: str, draft: Model, compatibility: 
     acceptance = agreement(draft, answers, compatibility.kind == "native")
     cost = measure_draft(draft)
     curve, overhead = calibration.target, calibration.step_overhead
+    plain_speed = calibration.plain_tok_per_s
     window, speed = best_window([acceptance] * 16, cost, curve.verify, overhead)
     return Candidate(draft_id, compatibility.label(), acceptance, cost / curve.seconds[0], window,
-                     speed / calibration.plain_tok_per_s)
+                     speed / plain_speed, ceiling(cost, curve.verify, overhead, plain_speed))
 
 
 def installed_drafts(target_path: Path) -> list[tuple[str, Path]]:
@@ -154,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{'draft':42} {'compatibility':34} {'accept':>6} {'cost':>5} {'k':>2} {'speedup':>7}")
+    print(f"{'draft':42} {'compatibility':34} {'accept':>6} {'cost':>5} {'k':>2} {'speedup':>7} "
+          f"{'ceiling':>7}")
     for c in result["candidates"]:
         print(f"{c['draft']:42} {c['compatibility'][:34]:34} {c['acceptance']:6.2f} "
-              f"{c['cost_ratio']:5.2f} {c['window']:2d} {c['expected_speedup']:6.2f}x")
+              f"{c['cost_ratio']:5.2f} {c['window']:2d} {c['expected_speedup']:6.2f}x "
+              f"{c['ceiling']:6.2f}x")
     print(f"\nrecommended: {result['reason']}")
     return 0
 

@@ -33,6 +33,7 @@ class MessageStats:
     window: int = 0
     controller_note: str = ""
     expected_speedup: float | None = None
+    ceiling_speedup: float | None = None  # what drafts that are always right would give here
     plain_tok_per_s: float | None = None  # measured plain rate of this target (calibration)
 
     def add(self, step: StepStats) -> None:

@@ -8,6 +8,7 @@ from engine.controller import (
     AdaptiveController,
     ConfidenceThreshold,
     best_window,
+    ceiling,
     expected_tokens,
 )
 from engine.drafters.base import Drafter
@@ -23,11 +24,12 @@ class Named(Drafter):
         self.name = name
 
 
-def controller(curve, draft_cost, prior):
+def controller(curve, draft_cost, prior, names=("draft-model",)):
     calibration = Calibration(curve, {"draft-model": draft_cost, "ngram": 0.0}, 0.0005, 0)
-    ctl = AdaptiveController([Named("draft-model")], calibration)
+    ctl = AdaptiveController([Named(name) for name in names], calibration)
     ctl.start([1, 2, 3], SamplingParams())
-    ctl.estimates["draft-model"].prior = prior
+    for name in names:
+        ctl.estimates[name].prior = prior
     return ctl
 
 
@@ -82,8 +84,28 @@ def test_confidence_threshold_fits_between_classes():
     assert 0.2 < threshold.value <= 0.9
 
 
+def test_ceiling_is_the_speedup_of_drafts_always_accepted():
+    plain = 1 / (STEEP.verify(1) + 0.0005)
+    free_draft = ceiling(0.0, STEEP.verify, 0.0005, plain)
+    assert free_draft == max((k + 1) / (STEEP.verify(k + 1) + 0.0005) / plain
+                             for k in range(1, 17))
+    assert free_draft > 1.2  # a free, always-right draft beats plain even on a steep curve
+    assert ceiling(0.025, STEEP.verify, 0.0005, plain) < 1.0  # a 0.6-cost draft never can
+    assert ceiling(0.0005, FLAT.verify, 0.0005, 1 / (FLAT.verify(1) + 0.0005)) > 5
+
+
+def test_draft_that_cannot_win_even_when_always_right_is_never_run_nor_probed():
+    ctl = controller(STEEP, 0.025, 1.0)  # perfect acceptance, but too slow a draft
+    assert ctl.ceilings["draft-model"] < 1.0
+    assert all(ctl.choose()[1] == 0 for _ in range(400))
+    assert "always right" in ctl.note() and "draft-model 0.8" in ctl.note()
+    both = controller(STEEP, 0.025, 0.1, names=("draft-model", "ngram"))
+    probed = {drafter.name for drafter, k in (both.choose() for _ in range(400)) if k}
+    assert probed == {"ngram"}  # the free drafter can still win, so it is probed
+
+
 def test_probes_back_off_while_speculation_keeps_losing():
-    ctl = controller(STEEP, 0.025, 0.4)
+    ctl = controller(STEEP, 0.0, 0.4)
     probes = []
     for step in range(400):
         drafter, k = ctl.choose()
