@@ -114,11 +114,12 @@ def divergences(runs: list[dict]) -> list[dict]:
     return out
 
 
-def ceilings(calibration) -> dict[str, float]:
-    """Per drafter: the speedup drafts that are always right would give on this machine."""
-    return {name: ceiling(cost, calibration.target.verify, calibration.step_overhead,
-                          calibration.plain_tok_per_s)
-            for name, cost in calibration.draft_token_seconds.items()}
+def ceilings(session: Session) -> dict[str, float]:
+    """Per drafter: the speedup drafts that are always right would give on this machine, from
+    the pass times seen during the run (the calibration where a size was not seen)."""
+    costs = session.live_costs.apply(session.calibration)
+    return {name: ceiling(cost, costs.target.verify, costs.step_overhead, costs.plain_tok_per_s)
+            for name, cost in costs.draft_token_seconds.items()}
 
 
 def print_table(summary: list[dict], out=sys.stdout) -> None:
@@ -176,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
-    limits = ceilings(session.calibration)
-    print("\nceiling (every draft accepted) on this machine: "
+    limits = ceilings(session)
+    verify = session.live_costs.apply(session.calibration).target.verify
+    print("\npass over n tokens / one token, as seen in this run: "
+          + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)))
+    print("ceiling (every draft accepted) on this machine: "
           + ", ".join(f"{name} {value:.2f}x" for name, value in limits.items()))
     if args.temperature == 0:
         print(f"\ngreedy texts differing from plain: {len(diverged)} of "

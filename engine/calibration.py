@@ -12,11 +12,13 @@ import json
 import platform
 import statistics
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import paths
 from engine.runtime import Model
+from engine.stats import StepStats
 
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 MAX_BATCH = 16
@@ -79,21 +81,22 @@ def _warm_context(model: Model) -> list[int]:
     return tokens[:WARMUP_TOKENS]
 
 
-def measure_target(model: Model, repeats: int = 3) -> CostCurve:
+def measure_target(model: Model, rounds: int = 3) -> CostCurve:
+    """Median time of a pass over n tokens. Each round measures every batch size once, so a
+    change in the machine's load during the measurement hits all sizes alike."""
     context = _warm_context(model)
     model.reset()
     model.decode(context, logits="none")
     base = len(model.kv_tokens)
-    measured: dict[int, float] = {}
-    for n in BATCH_SIZES:
-        samples = []
-        for _ in range(repeats if n <= 6 else 2):
+    samples: dict[int, list[float]] = {n: [] for n in BATCH_SIZES}
+    for _ in range(rounds):
+        for n in BATCH_SIZES:
             model.truncate(base)
             start = time.perf_counter()
             model.verify_pass(context[:n])
-            samples.append(time.perf_counter() - start)
-        measured[n] = statistics.median(samples)
+            samples[n].append(time.perf_counter() - start)
     model.reset()
+    measured = {n: statistics.median(values) for n, values in samples.items()}
     seconds = []
     sizes = sorted(measured)
     for n in range(1, MAX_BATCH + 1):
@@ -140,6 +143,77 @@ def measure_step_overhead(model: Model, tokens: int = 24) -> float:
     if finished is None or not finished.stats.target_passes:
         return 0.0
     return max(wall - busy, 0.0) / finished.stats.target_passes
+
+
+class LiveCosts:
+    """Pass times observed while answering, per batch size, and draft times per token: the
+    costs the controller uses once a few are seen. They correct a calibration measured at an
+    unlucky moment on a machine whose load changes (running medians, robust to hiccups)."""
+
+    MIN_SAMPLES = 3
+
+    def __init__(self, window: int = 24) -> None:
+        self._passes: dict[int, deque[float]] = {}
+        self._drafts: dict[str, deque[float]] = {}
+        self._window = window
+
+    def observe(self, step: StepStats) -> None:
+        """One step of the decoding loop: its target pass over drafted + 1 tokens and, if it
+        drafted, the draft's time per token."""
+        if 1 <= step.drafted + 1 <= MAX_BATCH and step.verify_seconds > 0:
+            self._passes.setdefault(step.drafted + 1, deque(maxlen=self._window)).append(
+                step.verify_seconds)
+        if step.drafted and step.draft_seconds > 0:
+            self._drafts.setdefault(step.drafter, deque(maxlen=self._window)).append(
+                step.draft_seconds / step.drafted)
+
+    def seen(self, n_tokens: int) -> float | None:
+        """Median observed time of a pass over ``n_tokens``; None until a few were seen."""
+        return self._median(self._passes.get(n_tokens))
+
+    def _median(self, samples: deque[float] | None) -> float | None:
+        if samples is None or len(samples) < self.MIN_SAMPLES:
+            return None
+        return statistics.median(samples)
+
+    def curve(self, calibrated: CostCurve) -> CostCurve:
+        """Observed pass times where known; elsewhere the calibrated time mapped through the
+        observed ones (piecewise linear in calibrated cost, extended past the last observed
+        size with its slope): a 2-token pass seen twice as dear as calibrated makes the
+        longer, unseen ones dearer too."""
+        seen = {n: median for n in range(1, MAX_BATCH + 1)
+                if (median := self.seen(n)) is not None}
+        points = sorted((calibrated.verify(n), median) for n, median in seen.items())
+        if len(points) == 1:
+            points.insert(0, (0.0, 0.0))  # one size seen: a plain rescaling
+        seconds = [seen[n] if n in seen else _through(points, calibrated.verify(n))
+                   for n in range(1, MAX_BATCH + 1)]
+        for i in range(1, len(seconds)):
+            seconds[i] = max(seconds[i], seconds[i - 1])
+        return CostCurve(seconds)
+
+    def draft_cost(self, drafter: str, calibrated: float) -> float:
+        seen = self._median(self._drafts.get(drafter))
+        return calibrated if seen is None else seen
+
+    def apply(self, calibration: Calibration) -> Calibration:
+        """``calibration`` with what was seen while answering put in."""
+        return Calibration(self.curve(calibration.target),
+                           {name: self.draft_cost(name, cost)
+                            for name, cost in calibration.draft_token_seconds.items()},
+                           calibration.step_overhead, calibration.measured_at)
+
+
+def _through(points: list[tuple[float, float]], x: float) -> float:
+    """y at x on the polyline through ``points`` (sorted by x), extended at both ends."""
+    if not points:
+        return x
+    if len(points) == 1:
+        return points[0][1]
+    segment = next((i for i in range(1, len(points) - 1) if x <= points[i][0]),
+                   len(points) - 1)
+    (x0, y0), (x1, y1) = points[segment - 1], points[segment]
+    return y1 if x1 == x0 else y0 + (x - x0) * (y1 - y0) / (x1 - x0)
 
 
 def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) -> Calibration:

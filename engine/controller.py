@@ -7,6 +7,9 @@ The controller picks the drafter and k with the best E(k)/T(k); when that is not
 (1 + margin) × plain speed it turns speculation off and probes again now and then. A drafter
 whose *ceiling* — the speedup it would give if every drafted token were accepted — is under
 that bar is never run nor probed: on such hardware no acceptance rate can make it pay.
+Costs are the calibration's until the decoding loop has timed a few passes of a size while
+answering; from then on the observed running medians (``LiveCosts``), so a calibration taken
+at an unlucky moment is corrected within a reply.
 
 Online, acceptance estimates are updated after every step (decayed counts per position), and
 a draft model stops drafting early when its own confidence falls below a threshold that is
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration import Calibration
+from engine.calibration import Calibration, LiveCosts
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
 from engine.sampling import SamplingParams
@@ -155,9 +158,12 @@ DEFAULT_PRIORS = {"ngram": 0.35, "draft-model": 0.7, "universal": 0.6}
 class AdaptiveController(WindowPolicy):
     def __init__(self, drafters: Sequence[Drafter], calibration: Calibration,
                  memory: AcceptanceMemory | None = None, category: str = "chat",
-                 max_window: int = MAX_WINDOW, margin: float = MARGIN) -> None:
+                 max_window: int = MAX_WINDOW, margin: float = MARGIN,
+                 live: LiveCosts | None = None) -> None:
         self.drafters = list(drafters)
         self.calibration = calibration
+        self.live = live or LiveCosts()
+        self.costs = calibration  # with the live costs put in, at each choice
         self.memory = memory
         self.category = category
         self.max_window = max_window
@@ -187,26 +193,19 @@ class AdaptiveController(WindowPolicy):
             prior = self.memory.prior(drafter.name, self.category, default) if self.memory \
                 else default
             self.estimates[drafter.name] = AcceptanceEstimate(prior=prior)
-        calibration = self.calibration
-        self.ceilings = {
-            drafter.name: ceiling(self._draft_cost(drafter), calibration.target.verify,
-                                  calibration.step_overhead, calibration.plain_tok_per_s,
-                                  self.max_window)
-            for drafter in self.drafters}
-
-    def _worth_trying(self) -> list[Drafter]:
-        return [d for d in self.drafters if self.ceilings.get(d.name, 0.0) >= 1.0 + self.margin]
 
     def _draft_cost(self, drafter: Drafter) -> float:
-        costs = self.calibration.draft_token_seconds
+        costs = self.costs.draft_token_seconds
         return costs.get(drafter.name, costs.get("draft-model", 0.0))
 
     def choose(self) -> tuple[Drafter, int]:
-        curve = self.calibration.target
-        overhead = self.calibration.step_overhead
-        plain_speed = self.calibration.plain_tok_per_s
+        self.costs = self.live.apply(self.calibration)
+        curve, overhead = self.costs.target, self.costs.step_overhead
+        plain_speed = self.costs.plain_tok_per_s
+        self.ceilings = {d.name: ceiling(self._draft_cost(d), curve.verify, overhead, plain_speed,
+                                         self.max_window) for d in self.drafters}
+        candidates = [d for d in self.drafters if self.ceilings[d.name] >= 1.0 + self.margin]
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
-        candidates = self._worth_trying()
         for drafter in candidates:
             k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),
                                    curve.verify, overhead, self.max_window)

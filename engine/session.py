@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from engine import compat, models, paths, prompt_type
-from engine.calibration import Calibration, calibrate
+from engine.calibration import Calibration, LiveCosts, calibrate
 from engine.controller import AcceptanceMemory, AdaptiveController
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
@@ -60,6 +60,7 @@ class Session:
         self.draft: Model | None = None
         self.compatibility: compat.Compatibility | None = None
         self.calibration: Calibration | None = None
+        self.live_costs = LiveCosts()  # pass times seen while answering, for the controller
         self.loaded: LoadRequest | None = None
         self._drafters: dict[str, Drafter] = {}
         self._lock = threading.Lock()
@@ -83,6 +84,7 @@ class Session:
                 self._drafters["model"] = UniversalDrafter(self.draft, self.target)
         self.loaded = request
         self.calibration = calibrate(self.target, self._model_drafters())
+        self.live_costs = LiveCosts()
         return self.info()
 
     def _model_drafters(self) -> dict[str, Model]:
@@ -141,7 +143,7 @@ class Session:
             "acceptance-" + _safe(self.loaded.target) + "--" + _safe(self.loaded.draft or "none")
             + ".json")
         return AdaptiveController(drafters, self.calibration, AcceptanceMemory(memory_file),
-                                  prompt_type.classify(request.messages))
+                                  prompt_type.classify(request.messages), live=self.live_costs)
 
     def chat(self, request: ChatRequest, cancel: threading.Event | None = None
              ) -> Iterator[dict]:
@@ -157,8 +159,11 @@ class Session:
                                         request.seed),
                 stop=tuple(request.stop) + stop_strings(self.target))
             policy = self.policy(request)
-            plain_rate = self.calibration.plain_tok_per_s if self.calibration else None
-            for event in generate(self.target, prompt, params, policy, cancel):
+            # plain decoding's rate as seen in recent replies (the calibration until then)
+            plain_rate = self.live_costs.apply(self.calibration).plain_tok_per_s \
+                if self.calibration else None
+            for event in generate(self.target, prompt, params, policy, cancel,
+                                  costs=self.live_costs):
                 event.stats.plain_tok_per_s = plain_rate
                 if isinstance(event, Chunk):
                     event.stats.controller_note = policy.note()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.calibration import LiveCosts
 from engine.drafters.base import Drafter
 from engine.errors import ContextFull
 from engine.runtime import Model
@@ -57,9 +58,11 @@ VerifyHook = Callable[[list[int], np.ndarray, list[int]], None]
 
 def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
              policy: WindowPolicy | None = None, cancel: threading.Event | None = None,
-             verify_hook: VerifyHook | None = None) -> Iterator[Chunk | Finished]:
-    """Stream a reply to ``prompt`` (token ids). ``verify_hook(batch, logits, emitted)`` is a
-    test hook that sees each verify pass."""
+             verify_hook: VerifyHook | None = None, costs: LiveCosts | None = None
+             ) -> Iterator[Chunk | Finished]:
+    """Stream a reply to ``prompt`` (token ids). Each step's timings go to ``costs`` when
+    given. ``verify_hook(batch, logits, emitted)`` is a test hook that sees each verify
+    pass."""
     policy = policy or FixedWindow(Drafter(), 0)
     sampling = params.sampling
     rng = np.random.default_rng(sampling.seed)
@@ -107,6 +110,8 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         step = StepStats(drafter.name if drafted else "none", k, len(drafted), accepted,
                          t1 - t0, t2 - t1)
         stats.add(step)
+        if costs is not None:
+            costs.observe(step)
         policy.observe(step)
 
         pieces: list[tuple[str, str]] = []

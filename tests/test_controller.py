@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.calibration import Calibration, CostCurve
+from engine.calibration import Calibration, CostCurve, LiveCosts
 from engine.controller import (
     AcceptanceEstimate,
     AdaptiveController,
@@ -96,8 +96,8 @@ def test_ceiling_is_the_speedup_of_drafts_always_accepted():
 
 def test_draft_that_cannot_win_even_when_always_right_is_never_run_nor_probed():
     ctl = controller(STEEP, 0.025, 1.0)  # perfect acceptance, but too slow a draft
-    assert ctl.ceilings["draft-model"] < 1.0
     assert all(ctl.choose()[1] == 0 for _ in range(400))
+    assert ctl.ceilings["draft-model"] < 1.0
     assert "always right" in ctl.note() and "draft-model 0.8" in ctl.note()
     both = controller(STEEP, 0.025, 0.1, names=("draft-model", "ngram"))
     probed = {drafter.name for drafter, k in (both.choose() for _ in range(400)) if k}
@@ -137,7 +137,37 @@ def test_calibration_measured_under_load_is_replaced(tiny_dir):
     request = ChatRequest([{"role": "user", "content": "hello"}], max_tokens=48, mode="off")
     done = [e for e in session.chat(request) if e["type"] == "done"][0]
     assert done["stats"]["tokens"] >= 32
+    # the reply's own passes were timed for the controller, at the real (not the cached) cost
+    assert session.live_costs.seen(1) < slow.target.seconds[0] / 10
     assert session.calibration.plain_tok_per_s > slow.plain_tok_per_s * 10
     assert calibration_module.Calibration.from_json(path.read_text()).measured_at > \
         slow.measured_at
     session.close()
+
+
+def test_pass_times_seen_while_answering_override_a_lucky_calibration():
+    """Calibrated at a moment when two-token passes looked cheap (x1.1), the controller drafts;
+    once the passes it times show x2.0, it stops — and the ceiling it reports follows."""
+    lucky = CostCurve([0.040 * (1 + 0.1 * (n - 1)) for n in range(1, 17)])
+    ctl = controller(lucky, 0.0, 0.8, names=("ngram",))
+    drafter, k = ctl.choose()
+    assert k >= 1 and "expected" in ctl.note()
+    for _ in range(40):
+        drafter, k = ctl.choose()
+        step = StepStats(drafter.name if k else "none", k, k, int(0.8 * k), 0.0,
+                         0.040 * (1 + 1.0 * k))  # what passes really cost
+        ctl.live.observe(step)  # as the decoding loop does
+        ctl.observe(step)
+    assert ctl.choose()[1] == 0
+    assert ctl.ceilings["ngram"] < 1.2
+    assert abs(ctl.live.curve(lucky).verify(3) - 0.120) < 1e-9  # unseen: mapped, not lucky
+
+
+def test_live_costs_rescale_the_calibration_where_nothing_was_seen():
+    live = LiveCosts()
+    for _ in range(LiveCosts.MIN_SAMPLES):  # the machine runs at half the calibrated speed now
+        live.observe(StepStats("none", 0, 0, 0, 0.0, 0.080))
+    curve = live.curve(STEEP)
+    assert abs(curve.verify(1) - 0.080) < 1e-12
+    assert abs(curve.verify(4) - 2 * STEEP.verify(4)) < 1e-12
+    assert live.draft_cost("draft-model", 0.02) == 0.02  # nothing seen: the calibrated cost
