@@ -330,8 +330,14 @@ class Controller:
             cal = info.get("calibration")
             if cal:
                 lines.append(f"**Plain decoding** {cal['plain_tok_per_s']:.1f} tok/s (measured)")
+                lines.append("**If every draft were accepted** " + ", ".join(
+                    f"{name} {value:.2f}×" for name, value in cal["ceilings"].items())
+                    + " vs plain (the most speculation can give on this machine)")
                 rows = [{"batch": n + 1, "ms": 1000 * s, "series": "target pass"}
                         for n, s in enumerate(cal["target_seconds"])]
+                rows += [{"batch": int(n), "ms": 1000 * s, "series": "target pass, seen while "
+                          "answering"} for n, s in sorted(cal["seen_seconds"].items(),
+                                                          key=lambda item: int(item[0]))]
                 for name, seconds in cal["draft_token_seconds"].items():
                     if seconds:
                         rows += [{"batch": n + 1, "ms": 1000 * seconds * (n + 1),

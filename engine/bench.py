@@ -21,7 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from engine import hardware
-from engine.controller import ceiling
 from engine.session import ChatRequest, LoadRequest, Session
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared/prompts/dev.jsonl"
@@ -114,14 +113,6 @@ def divergences(runs: list[dict]) -> list[dict]:
     return out
 
 
-def ceilings(session: Session) -> dict[str, float]:
-    """Per drafter: the speedup drafts that are always right would give on this machine, from
-    the pass times seen during the run (the calibration where a size was not seen)."""
-    costs = session.live_costs.apply(session.calibration)
-    return {name: ceiling(cost, costs.target.verify, costs.step_overhead, costs.plain_tok_per_s)
-            for name, cost in costs.draft_token_seconds.items()}
-
-
 def print_table(summary: list[dict], out=sys.stdout) -> None:
     print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}",
           file=out)
@@ -177,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
-    limits = ceilings(session)
+    limits = session.ceilings()
     verify = session.live_costs.apply(session.calibration).target.verify
     print("\npass over n tokens / one token, as seen in this run: "
           + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)))

@@ -145,20 +145,20 @@ class EngineClient:
         """Stream event dicts; the last one is "done" or "error". Holds the engine meanwhile
         (one reply at a time)."""
         with self._lock:
+            final = False
             try:
                 self._ensure()
                 self._conn.send(("chat", request))
-                while True:
+                while not final:
                     event = self._receive()
+                    final = event["type"] in ("done", "error")
                     yield event
-                    if event["type"] in ("done", "error"):
-                        return
             except EngineCrashed as error:
                 yield {"type": "error", "message": str(error), "crashed": True}
             except GeneratorExit:
-                # the consumer went away mid-reply: stop the engine and drain to "done"
-                self._cancel.set()
-                self._drain()
+                if not final:  # the consumer went away mid-reply: stop the engine, drain
+                    self._cancel.set()
+                    self._drain()
                 raise
 
     def _drain(self) -> None:

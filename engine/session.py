@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from engine import compat, models, paths, prompt_type
-from engine.calibration import Calibration, LiveCosts, calibrate
-from engine.controller import AcceptanceMemory, AdaptiveController
+from engine.calibration import MAX_BATCH, Calibration, LiveCosts, calibrate
+from engine.controller import AcceptanceMemory, AdaptiveController, ceiling
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
@@ -115,8 +115,21 @@ class Session:
                 "draft_token_seconds": cal.draft_token_seconds,
                 "plain_tok_per_s": cal.plain_tok_per_s,
                 "step_overhead": cal.step_overhead,
+                "seen_seconds": {n: self.live_costs.seen(n) for n in range(1, MAX_BATCH + 1)
+                                 if self.live_costs.seen(n) is not None},
+                "ceilings": self.ceilings(),
             },
         }
+
+    def ceilings(self) -> dict[str, float]:
+        """Per drafter: the speedup over plain decoding if every drafted token were accepted,
+        from the costs measured on this machine (the most speculation can give here)."""
+        if self.calibration is None:
+            return {}
+        costs = self.live_costs.apply(self.calibration)
+        return {name: ceiling(cost, costs.target.verify, costs.step_overhead,
+                              costs.plain_tok_per_s)
+                for name, cost in costs.draft_token_seconds.items()}
 
     def close(self) -> None:
         for model in (self.target, self.draft):

@@ -74,3 +74,22 @@ def test_loaded_model_is_not_removed_and_fit_is_shown(controller, tiny_dir):
     assert "Memory: fits" in line and "GiB available" in line
     huge = catalog.by_id("llama-3.1-8b-instruct-q4_k_m")
     assert huge is not None and "Memory:" in controller.pair_info(huge.id, "none")
+
+
+def test_hardware_tab_shows_costs_seen_while_answering(controller):
+    markdown, frame = controller.hardware()
+    assert "target pass, seen while answering" not in set(frame["series"])
+    assert "If every draft were accepted" in markdown and "ngram" in markdown
+    request = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 24,
+               "mode": "off"}
+    got_done = []
+    # a consumer that stops reading at the final event (as any() does) must not hang the engine
+    reader = threading.Thread(daemon=True, target=lambda: got_done.append(
+        any(event["type"] == "done" for event in controller.engine.chat(request))))
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive() and got_done == [True]
+    markdown, frame = controller.hardware()
+    seen = frame[frame["series"] == "target pass, seen while answering"]
+    assert list(seen["batch"]) == [1]  # plain decoding: one-token passes only
+    assert (seen["ms"] > 0).all()
