@@ -93,3 +93,15 @@ def test_hardware_tab_shows_costs_seen_while_answering(controller):
     seen = frame[frame["series"] == "target pass, seen while answering"]
     assert list(seen["batch"]) == [1]  # plain decoding: one-token passes only
     assert (seen["ms"] > 0).all()
+
+
+def test_compare_runs_plain_then_speculative_and_returns(controller):
+    conv = controller.store.create("compare")
+    controller.store.add_message(conv, "user", "Repeat after me: one two three one two three")
+    result = []
+    worker = threading.Thread(daemon=True,
+                              target=lambda: result.append(controller.compare(conv, 32)))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "Compare hung after the plain reply"
+    assert "**Plain**" in result[0] and "identical ✓" in result[0]
