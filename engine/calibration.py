@@ -153,28 +153,27 @@ class LiveCosts:
     MIN_SAMPLES = 3
 
     def __init__(self, window: int = 24) -> None:
-        self._passes: dict[int, deque[float]] = {}
-        self._drafts: dict[str, deque[float]] = {}
+        self._samples: dict[object, deque[float]] = {}  # batch size, or drafter name
+        self._medians: dict[object, float] = {}  # kept current: read at every step
         self._window = window
 
     def observe(self, step: StepStats) -> None:
         """One step of the decoding loop: its target pass over drafted + 1 tokens and, if it
         drafted, the draft's time per token."""
-        if 1 <= step.drafted + 1 <= MAX_BATCH and step.verify_seconds > 0:
-            self._passes.setdefault(step.drafted + 1, deque(maxlen=self._window)).append(
-                step.verify_seconds)
+        if step.drafted + 1 <= MAX_BATCH and step.verify_seconds > 0:
+            self._add(step.drafted + 1, step.verify_seconds)
         if step.drafted and step.draft_seconds > 0:
-            self._drafts.setdefault(step.drafter, deque(maxlen=self._window)).append(
-                step.draft_seconds / step.drafted)
+            self._add(step.drafter, step.draft_seconds / step.drafted)
+
+    def _add(self, key: object, seconds: float) -> None:
+        samples = self._samples.setdefault(key, deque(maxlen=self._window))
+        samples.append(seconds)
+        if len(samples) >= self.MIN_SAMPLES:
+            self._medians[key] = statistics.median(samples)
 
     def seen(self, n_tokens: int) -> float | None:
         """Median observed time of a pass over ``n_tokens``; None until a few were seen."""
-        return self._median(self._passes.get(n_tokens))
-
-    def _median(self, samples: deque[float] | None) -> float | None:
-        if samples is None or len(samples) < self.MIN_SAMPLES:
-            return None
-        return statistics.median(samples)
+        return self._medians.get(n_tokens)
 
     def curve(self, calibrated: CostCurve) -> CostCurve:
         """Observed pass times where known; elsewhere the calibrated time mapped through the
@@ -193,8 +192,7 @@ class LiveCosts:
         return CostCurve(seconds)
 
     def draft_cost(self, drafter: str, calibrated: float) -> float:
-        seen = self._median(self._drafts.get(drafter))
-        return calibrated if seen is None else seen
+        return self._medians.get(drafter, calibrated)
 
     def apply(self, calibration: Calibration) -> Calibration:
         """``calibration`` with what was seen while answering put in."""

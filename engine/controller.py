@@ -76,27 +76,26 @@ def expected_tokens(rates: Sequence[float], k: int) -> float:
     return total
 
 
-def window_speed(rates: Sequence[float], k: int, draft_cost: float, verify,
-                 overhead: float) -> float:
-    """Expected tokens per second of passes with window k: E(k) / T(k)."""
-    return expected_tokens(rates, k) / (k * draft_cost + verify(k + 1) + overhead)
-
-
 def best_window(rates: Sequence[float], draft_cost: float, verify, overhead: float,
                 max_k: int = MAX_WINDOW) -> tuple[int, float]:
     """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k."""
-    speeds = [(k, window_speed(rates, k, draft_cost, verify, overhead))
-              for k in range(max_k + 1)]
-    return max(speeds, key=lambda pair: pair[1])
+    best_k, best_speed = 0, 1.0 / (verify(1) + overhead)
+    expected, chain = 1.0, 1.0  # E(k), built up one position at a time
+    for k in range(1, max_k + 1):
+        chain *= rates[k - 1]
+        expected += chain
+        speed = expected / (k * draft_cost + verify(k + 1) + overhead)
+        if speed > best_speed:
+            best_k, best_speed = k, speed
+    return best_k, best_speed
 
 
 def ceiling(draft_cost: float, verify, overhead: float, plain_speed: float,
             max_k: int = MAX_WINDOW) -> float:
-    """The speedup over plain decoding of a drafter that is always right: the most that
-    speculation with this draft cost can give on this machine."""
-    always = [1.0] * max_k
-    return max(window_speed(always, k, draft_cost, verify, overhead) for k in range(1, max_k + 1)) \
-        / plain_speed
+    """The speedup over plain decoding of a drafter that is always right (E(k) = k + 1): the
+    most that speculation with this draft cost can give on this machine."""
+    return max((k + 1) / (k * draft_cost + verify(k + 1) + overhead)
+               for k in range(1, max_k + 1)) / plain_speed
 
 
 class ConfidenceThreshold:
