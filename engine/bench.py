@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
     limits = session.ceilings()
-    verify = session.live_costs.apply(session.calibration).target.verify
+    verify = session.costs().target.verify
     print("\npass over n tokens / one token, as seen in this run: "
           + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)))
     print("ceiling (every draft accepted) on this machine: "

@@ -171,17 +171,16 @@ class LiveCosts:
         if len(samples) >= self.MIN_SAMPLES:
             self._medians[key] = statistics.median(samples)
 
-    def seen(self, n_tokens: int) -> float | None:
-        """Median observed time of a pass over ``n_tokens``; None until a few were seen."""
-        return self._medians.get(n_tokens)
+    def seen(self) -> dict[int, float]:
+        """Median observed time of a pass, per batch size seen a few times."""
+        return {n: self._medians[n] for n in range(1, MAX_BATCH + 1) if n in self._medians}
 
     def curve(self, calibrated: CostCurve) -> CostCurve:
         """Observed pass times where known; elsewhere the calibrated time mapped through the
         observed ones (piecewise linear in calibrated cost, extended past the last observed
         size with its slope): a 2-token pass seen twice as dear as calibrated makes the
         longer, unseen ones dearer too."""
-        seen = {n: median for n in range(1, MAX_BATCH + 1)
-                if (median := self.seen(n)) is not None}
+        seen = self.seen()
         points = sorted((calibrated.verify(n), median) for n, median in seen.items())
         if len(points) == 1:
             points.insert(0, (0.0, 0.0))  # one size seen: a plain rescaling

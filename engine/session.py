@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from engine import compat, models, paths, prompt_type
-from engine.calibration import MAX_BATCH, Calibration, LiveCosts, calibrate
+from engine.calibration import Calibration, LiveCosts, calibrate
 from engine.controller import AcceptanceMemory, AdaptiveController, ceiling
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
@@ -115,18 +115,21 @@ class Session:
                 "draft_token_seconds": cal.draft_token_seconds,
                 "plain_tok_per_s": cal.plain_tok_per_s,
                 "step_overhead": cal.step_overhead,
-                "seen_seconds": {n: self.live_costs.seen(n) for n in range(1, MAX_BATCH + 1)
-                                 if self.live_costs.seen(n) is not None},
+                "seen_seconds": self.live_costs.seen(),
                 "ceilings": self.ceilings(),
             },
         }
 
+    def costs(self) -> Calibration | None:
+        """The costs in use: the calibration with the pass times seen while answering."""
+        return None if self.calibration is None else self.live_costs.apply(self.calibration)
+
     def ceilings(self) -> dict[str, float]:
         """Per drafter: the speedup over plain decoding if every drafted token were accepted,
         from the costs measured on this machine (the most speculation can give here)."""
-        if self.calibration is None:
+        costs = self.costs()
+        if costs is None:
             return {}
-        costs = self.live_costs.apply(self.calibration)
         return {name: ceiling(cost, costs.target.verify, costs.step_overhead,
                               costs.plain_tok_per_s)
                 for name, cost in costs.draft_token_seconds.items()}
@@ -173,8 +176,8 @@ class Session:
                 stop=tuple(request.stop) + stop_strings(self.target))
             policy = self.policy(request)
             # plain decoding's rate as seen in recent replies (the calibration until then)
-            plain_rate = self.live_costs.apply(self.calibration).plain_tok_per_s \
-                if self.calibration else None
+            costs = self.costs()
+            plain_rate = costs.plain_tok_per_s if costs else None
             for event in generate(self.target, prompt, params, policy, cancel,
                                   costs=self.live_costs):
                 event.stats.plain_tok_per_s = plain_rate
