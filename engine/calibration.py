@@ -190,15 +190,15 @@ class LiveCosts:
             seconds[i] = max(seconds[i], seconds[i - 1])
         return CostCurve(seconds)
 
-    def draft_cost(self, drafter: str, calibrated: float) -> float:
-        return self._medians.get(drafter, calibrated)
-
     def apply(self, calibration: Calibration) -> Calibration:
-        """``calibration`` with what was seen while answering put in."""
-        return Calibration(self.curve(calibration.target),
-                           {name: self.draft_cost(name, cost)
-                            for name, cost in calibration.draft_token_seconds.items()},
-                           calibration.step_overhead, calibration.measured_at)
+        """``calibration`` with what was seen while answering put in. A draft not yet timed
+        keeps its calibrated cost relative to the target: scaled as one-token target passes
+        are (the machine's load and the context length slow both)."""
+        curve = self.curve(calibration.target)
+        scale = curve.seconds[0] / calibration.target.seconds[0]
+        drafts = {name: self._medians.get(name, cost * scale)
+                  for name, cost in calibration.draft_token_seconds.items()}
+        return Calibration(curve, drafts, calibration.step_overhead, calibration.measured_at)
 
 
 def _through(points: list[tuple[float, float]], x: float) -> float:

@@ -170,4 +170,10 @@ def test_live_costs_rescale_the_calibration_where_nothing_was_seen():
     curve = live.curve(STEEP)
     assert abs(curve.verify(1) - 0.080) < 1e-12
     assert abs(curve.verify(4) - 2 * STEEP.verify(4)) < 1e-12
-    assert live.draft_cost("draft-model", 0.02) == 0.02  # nothing seen: the calibrated cost
+    calibration = Calibration(STEEP, {"draft-model": 0.02, "ngram": 0.0}, 0.0005, 0)
+    costs = live.apply(calibration)
+    # a draft not yet timed keeps its cost relative to the target: the ceiling is unchanged
+    assert abs(costs.draft_token_seconds["draft-model"] - 0.04) < 1e-12
+    for _ in range(LiveCosts.MIN_SAMPLES):
+        live.observe(StepStats("draft-model", 2, 2, 1, 0.05, 0.2))
+    assert live.apply(calibration).draft_token_seconds["draft-model"] == 0.025  # timed
