@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -80,12 +81,81 @@ def detect_accelerator(force_cpu: bool, redetect: bool = False) -> str:
 
 
 CMAKE_ARGS = {"cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "cpu": ""}
+# ggml's AMX kernels (compiled in by -march=native on Intel Xeons with AMX) crash in the first
+# evaluation of a Q4_K_M model (ggml-org/llama.cpp#20824, reproduced on this project's own
+# machines): llama.cpp is built without them. The repacked AVX-512 kernels stay.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def compiler_accepts(flags: str) -> bool:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return False
+    try:
+        return subprocess.run([compiler, *flags.split(), "-E", "-x", "c", os.devnull],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def build_settings(accelerator: str) -> dict[str, str]:
+    """Environment variables for compiling llama.cpp with this accelerator."""
+    settings = {}
+    if CMAKE_ARGS[accelerator]:
+        settings["CMAKE_ARGS"] = (os.environ.get("CMAKE_ARGS", "") + " "
+                                  + CMAKE_ARGS[accelerator]).strip()
+    if platform.machine().lower() in ("x86_64", "amd64") and os.name != "nt" \
+            and compiler_accepts(NO_AMX_FLAGS):
+        for name in ("CFLAGS", "CXXFLAGS"):
+            settings[name] = (os.environ.get(name, "") + " " + NO_AMX_FLAGS).strip()
+    return settings
 
 
 def requirements_hash(requirements: Path, accelerator: str) -> str:
     digest = hashlib.sha256(requirements.read_bytes())
     digest.update(accelerator.encode())
+    digest.update(json.dumps(build_settings(accelerator), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def wheel_cache() -> Path:
+    """Tandem's own cache of compiled llama-cpp-python wheels, one folder per build setting
+    (pip's wheel cache keys a build by the source alone, so it would hand back a wheel
+    compiled with other flags)."""
+    if os.environ.get("TANDEM_WHEEL_CACHE"):
+        return Path(os.environ["TANDEM_WHEEL_CACHE"])
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "tandem" / "wheels"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "tandem" / "wheels"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tandem" / "wheels"
+
+
+def llama_wheel(python: Path, requirements: Path, settings: dict[str, str]) -> Path | None:
+    """The pinned llama-cpp-python compiled with ``settings``: from the wheel cache, or built
+    into it (the several-minute compile). None when the requirements do not pin it."""
+    pin = re.search(r"^llama-cpp-python==(\S+)", requirements.read_text(), re.MULTILINE)
+    if not pin:
+        return None
+    key = json.dumps([pin.group(1), settings, platform.python_version(), platform.machine()],
+                     sort_keys=True)
+    folder = wheel_cache() / hashlib.sha256(key.encode()).hexdigest()[:16]
+    built = sorted(folder.glob("llama_cpp_python-*.whl"))
+    if built:
+        return built[-1]
+    log("Compiling llama.cpp (llama-cpp-python " + pin.group(1) + ") …")
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    code = run_logged([str(python), "-m", "pip", "wheel", "--disable-pip-version-check",
+                       "--no-deps", "--no-cache-dir", "-w", str(staging),
+                       "llama-cpp-python==" + pin.group(1)], env={**os.environ, **settings})
+    built = sorted(staging.glob("llama_cpp_python-*.whl"))
+    if code != 0 or not built:
+        raise LaunchError("Compiling llama.cpp failed (see the output above).",
+                          likely_fix_for_install_failure())
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.replace(folder)
+    return folder / built[-1].name
 
 
 def run_logged(cmd: list[str], env: dict | None = None) -> int:
@@ -144,11 +214,15 @@ def ensure_venv(requirements: Path, accelerator: str) -> Path:
     if free < 2 * 1024**3:
         raise LaunchError(f"Only {free / 1024**3:.1f} GiB of disk space is free.",
                           "Free at least 2 GiB (plus about 2 GiB for the models) and retry.")
-    env = dict(os.environ)
-    if CMAKE_ARGS[accelerator]:
-        env["CMAKE_ARGS"] = (env.get("CMAKE_ARGS", "") + " " + CMAKE_ARGS[accelerator]).strip()
-    code = run_logged([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                       "-r", str(requirements)], env=env)
+    settings = build_settings(accelerator)
+    env = {**os.environ, **settings}
+    wheel = llama_wheel(python, requirements, settings)
+    code = 0
+    if wheel is not None:
+        code = run_logged([str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                           "--no-deps", "--force-reinstall", str(wheel)], env=env)
+    code = code or run_logged([str(python), "-m", "pip", "install",
+                               "--disable-pip-version-check", "-r", str(requirements)], env=env)
     if code != 0:
         raise LaunchError("Installing the requirements failed (see the output above).",
                           likely_fix_for_install_failure())

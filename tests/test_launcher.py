@@ -129,3 +129,23 @@ def test_progress_redraws_one_line_and_stays_out_of_the_log(tmp_path, capsys, mo
     assert "windows line\n" in shown and shown.endswith("last without newline\n")
     logged = (tmp_path / "launcher.log").read_text()
     assert logged == "start\ninstalled\nwindows line\nlast without newline\n"
+
+
+def test_llama_cpp_is_built_without_the_amx_kernels_that_crash():
+    """ggml's AMX kernels (compiled in by -march=native on Xeons with AMX) segfault in the
+    first evaluation of a Q4_K_M model (ggml-org/llama.cpp#20824; seen on this project's own
+    machines): the launcher builds llama.cpp without them, in a wheel cache keyed by the flags
+    (pip's own cache would hand back a wheel built with other flags)."""
+    import llama_cpp
+
+    sys.path.insert(0, str(ROOT))
+    import launcher
+
+    settings = launcher.build_settings("cpu")
+    if launcher.platform.machine().lower() in ("x86_64", "amd64") and \
+            launcher.compiler_accepts(launcher.NO_AMX_FLAGS):
+        assert "-mno-amx-int8" in settings["CFLAGS"] and "-mno-amx-int8" in settings["CXXFLAGS"]
+    assert "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
+    cpu, cuda = launcher.requirements_hash(ROOT / "requirements.txt", "cpu"), \
+        launcher.requirements_hash(ROOT / "requirements.txt", "cuda")
+    assert cpu != cuda
