@@ -1,0 +1,436 @@
+"""The suffix drafter (engine.drafters.suffix): what it proposes, checked against a brute-force
+reference over random token strings (incremental updates, multi-turn resets, remembered
+documents), its length choice, the cross-conversation stores, the memory bound and the cost
+of a proposal; then lossless decoding on the tiny models and, on the real target, acceptance
+against the n-gram drafter on a multi-turn edit prompt."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_to_end
+
+from engine.drafters.ngram import NgramDrafter
+from engine.drafters.suffix import SuffixDrafter, scope_key
+from engine.speculative import GenerationParams
+from engine.window import FixedWindow
+
+EDITS = Path(__file__).resolve().parent.parent / "prompts" / "edits.jsonl"
+
+
+# --- brute-force reference -------------------------------------------------------------------
+
+def common_suffix(text: list[int], end: int, context: list[int]) -> int:
+    """Length of the longest common suffix of text[:end + 1] and context."""
+    n = 0
+    while n <= end and n < len(context) and text[end - n] == context[-1 - n]:
+        n += 1
+    return n
+
+
+def reference_walk(drafter: SuffixDrafter, source: int, text: list[int], context: list[int],
+                   earlier_only: bool, k: int):
+    """Longest suffix of ``context`` found in ``text`` (before its end when ``earlier_only``)
+    and the walk along its most frequent continuations, by enumerating every position."""
+    last = len(text) - 1 if earlier_only else len(text)
+    lengths = [common_suffix(text, e, context) for e in range(len(text))]
+    matched = max([lengths[e] for e in range(min(last, len(text)))], default=0)
+    ends = [e for e in range(len(text)) if lengths[e] >= matched]
+    tokens, conf, path, prob = [], [], [], 1.0
+    if matched >= drafter.min_match:
+        for i in range(k):
+            follow: dict[int, tuple[int, int]] = {}
+            for e in ends:
+                if e + 1 < len(text):
+                    count, _ = follow.get(text[e + 1], (0, -1))
+                    follow[text[e + 1]] = (count + 1, e + 1)
+            if not follow:
+                break
+            total = sum(count for count, _ in follow.values())
+            token, (count, _) = max(follow.items(), key=lambda item: item[1])
+            if token < 0:
+                break
+            p = drafter._confidence(source, matched + i, count, total)
+            if p < drafter.min_confidence or prob * p < drafter.min_path_confidence:
+                break
+            prob *= p
+            tokens.append(token)
+            conf.append(p)
+            path.append(prob)
+            ends = [e + 1 for e in ends if e + 1 < len(text) and text[e + 1] == token]
+    return tokens, conf, path, (matched if tokens else 0)
+
+
+def reference(drafter: SuffixDrafter, context: list[int], docs: list[list[int]], k: int):
+    best = reference_walk(drafter, 0, context, context, True, k) + ("context",)
+    if docs:
+        store = [token for i, doc in enumerate(docs) for token in doc + [-1 - i]]
+        other = reference_walk(drafter, 1, store, context, False, k) + ("store",)
+        if sum(other[2]) > sum(best[2]):
+            best = other
+    return best
+
+
+def observed(drafter: SuffixDrafter, tokens: list[int]):
+    last = drafter.last
+    return (tokens, drafter.confidences, drafter.path_confidences, last.match_length,
+            last.source or "context")
+
+
+def expected(ref):
+    tokens, conf, path, matched, source = ref
+    return tokens, conf, path, matched, source if tokens else "context"
+
+
+def first_mismatch(make_drafter, seeds=range(40)) -> str | None:
+    """Run random conversations through ``make_drafter()`` and compare every proposal with
+    the reference; also compare the final proposal with a drafter indexed from scratch."""
+    for seed in seeds:
+        rng = random.Random(seed)
+        alphabet = rng.choice([2, 3, 5, 12])
+
+        def text(n: int, pool: list[int], rng=rng, alphabet=alphabet) -> list[int]:
+            out: list[int] = []
+            while len(out) < n:
+                if pool and rng.random() < 0.5:  # copy a stretch of earlier text
+                    start = rng.randrange(len(pool))
+                    out += pool[start:start + rng.randint(2, 12)]
+                else:
+                    out += [rng.randrange(alphabet) for _ in range(rng.randint(1, 6))]
+            return out[:n]
+
+        drafter = make_drafter(min_match=rng.choice([1, 2, 3]),
+                               min_path_confidence=rng.choice([0.0, 0.2, 0.5]),
+                               min_confidence=rng.choice([0.0, 0.3]))
+        docs: dict[str, list[list[int]]] = {"a": [], "b": []}
+        for _ in range(rng.randint(0, 3)):
+            doc = text(rng.randint(3, 60), [])
+            scope = rng.choice("ab")
+            docs[scope].append(doc)
+            drafter.remember(doc, scope)
+        active = rng.choice("ab")
+        drafter.scope(active)
+        context = text(rng.randint(1, 50), sum(docs[active], []))
+        drafter.reset(context, None)
+        for step in range(30):
+            k = rng.randint(1, 8)
+            got = drafter.propose(context, k).tokens
+            ref = reference(drafter, context, docs[active], k)
+            if observed(drafter, got) != expected(ref):
+                return (f"seed {seed} step {step}: context {context} got "
+                        f"{observed(drafter, got)} expected {expected(ref)}")
+            n_accepted = rng.randint(0, len(got))
+            if got:
+                drafter.accepted(n_accepted, len(got))
+            context = context + got[:n_accepted] + text(1, context)
+            event = rng.random()
+            if event < 0.1:  # another conversation's reply is remembered meanwhile
+                doc = text(rng.randint(3, 40), context)
+                docs[active].append(doc)
+                drafter.remember(doc)
+            elif event < 0.25:  # the next turn: the prompt extends the context
+                context = context + text(rng.randint(1, 20), context)
+                drafter.reset(context, None)
+            elif event < 0.3:  # another conversation
+                context = text(rng.randint(1, 40), context)
+                drafter.reset(context, None)
+        scratch = make_drafter(min_match=drafter.min_match,
+                               min_path_confidence=drafter.min_path_confidence,
+                               min_confidence=drafter.min_confidence)
+        scratch._rates = copy.deepcopy(drafter._rates)
+        for doc in docs[active]:
+            scratch.remember(doc, active)
+        scratch.scope(active)
+        scratch.reset(context, None)
+        once = observed(scratch, scratch.propose(context, 8).tokens)
+        if observed(drafter, drafter.propose(context, 8).tokens) != once:
+            return f"seed {seed}: incremental and from-scratch proposals differ"
+    return None
+
+
+class TrustingReset(SuffixDrafter):
+    """Broken on purpose: indexes only the tail of every prompt, as if it always extended the
+    previous context (it does not when another conversation starts)."""
+
+    def reset(self, prompt, sampling=None):
+        new = prompt[self._base + len(self._text):]
+        self._text.extend(new)
+        self._context.extend(new)
+
+
+def test_matches_the_brute_force_reference():
+    assert first_mismatch(SuffixDrafter) is None
+
+
+def test_the_reference_catches_broken_updates():
+    # counts not carried up the suffix-link chain: frequencies go wrong
+    assert first_mismatch(lambda **kw: SuffixDrafter(walk_cap=1, **kw)) is not None
+    # a reset that trusts every prompt to extend the previous context
+    assert first_mismatch(TrustingReset) is not None
+
+
+# --- behaviour -------------------------------------------------------------------------------
+
+def unique(rng: random.Random, n: int, low: int = 1000) -> list[int]:
+    return [rng.randrange(low, low + 10**6) for _ in range(n)]
+
+
+def test_finds_the_continuation_of_a_repeated_passage():
+    rng = random.Random(1)
+    passage = unique(rng, 60)
+    context = unique(rng, 30) + passage + unique(rng, 20) + passage[:12]
+    drafter = SuffixDrafter()
+    drafter.reset(context, None)
+    draft = drafter.propose(context, 8)
+    assert draft.tokens and draft.tokens == passage[12:12 + len(draft.tokens)]
+    assert drafter.last.source == "context" and drafter.last.match_length == 12
+    assert len(drafter.confidences) == len(draft.tokens) == len(drafter.path_confidences)
+
+
+def test_prefers_the_continuation_seen_most_often_and_then_the_latest():
+    rng = random.Random(2)
+    head, a, b = unique(rng, 10), unique(rng, 6), unique(rng, 6)
+    noise = lambda: unique(rng, 5)  # noqa: E731
+    context = sum([head + a + noise(), head + b + noise(), head + a + noise(),
+                   head + b + noise(), head + a + noise()], []) + head
+    drafter = SuffixDrafter(min_path_confidence=0.0)
+    drafter.reset(context, None)
+    assert drafter.propose(context, 4).tokens[:1] == a[:1]  # a 3 times, b 2 times
+    assert drafter.last.support == 3
+    tie = head + a + noise() + head + b + noise() + head
+    drafter.reset(tie, None)
+    assert drafter.propose(tie, 4).tokens[:1] == b[:1]  # once each: the latest wins
+
+
+def test_draft_length_grows_with_match_length_and_frequency_and_is_zero_on_novel_text():
+    rng = random.Random(3)
+    passage = unique(rng, 80)
+
+    def length(prefix_len: int, copies: int = 1, k: int = 16) -> int:
+        context = []
+        for _ in range(copies):
+            context += unique(rng, 7) + passage
+        context += unique(rng, 9) + passage[:prefix_len]
+        drafter = SuffixDrafter()
+        drafter.reset(context, None)
+        return len(drafter.propose(context, k).tokens)
+
+    by_match = [length(m) for m in (1, 2, 4, 8, 16, 32)]
+    print("draft length by match length 1, 2, 4, 8, 16, 32:", by_match)
+    assert by_match == sorted(by_match) and by_match[0] == 0 and by_match[-1] > by_match[1]
+    by_count = [length(4, copies) for copies in (1, 2, 4)]
+    print("draft length by occurrences 1, 2, 4 (match 4):", by_count)
+    assert by_count == sorted(by_count) and by_count[-1] > by_count[0]
+    assert length(32, k=3) == 3  # k is a ceiling
+
+    # ambiguous: the same phrase followed by two different things as often
+    head, a, b = unique(rng, 4), unique(rng, 8), unique(rng, 8)
+    clear = head + a + unique(rng, 5) + head + a + unique(rng, 5) + head
+    mixed = head + a + unique(rng, 5) + head + b + unique(rng, 5) + head
+    drafter = SuffixDrafter()
+    drafter.reset(clear, None)
+    n_clear = len(drafter.propose(clear, 8).tokens)
+    drafter.reset(mixed, None)
+    assert len(drafter.propose(mixed, 8).tokens) < n_clear
+
+    novel = unique(rng, 2000)
+    drafter = SuffixDrafter()
+    drafter.reset(novel[:100], None)
+    drafted = 0
+    for end in range(100, len(novel)):
+        drafted += len(drafter.propose(novel[:end], 8).tokens)
+    assert drafted == 0
+
+
+def test_feedback_adapts_the_length():
+    rng = random.Random(4)
+    passage = unique(rng, 400)
+
+    def run(accept_all: bool) -> int:
+        drafter = SuffixDrafter()
+        context = passage + unique(rng, 5) + passage[:3]
+        drafter.reset(context, None)
+        for i in range(3, 43):  # the reply copies the passage, one token per step
+            draft = drafter.propose(context, 8).tokens
+            if draft:
+                drafter.accepted(len(draft) if accept_all else 0, len(draft))
+            context.append(passage[i])
+        fresh = unique(rng, 100)
+        probe = fresh + unique(rng, 5) + fresh[:3]
+        return len(drafter.propose(probe, 8).tokens)
+
+    fresh_drafter = SuffixDrafter()
+    fresh = unique(rng, 100)
+    probe = fresh + unique(rng, 5) + fresh[:3]
+    untrained = len(fresh_drafter.propose(probe, 8).tokens)
+    trusted, distrusted = run(True), run(False)
+    print(f"draft length on a 3-token match: untrained {untrained}, after acceptances "
+          f"{trusted}, after rejections {distrusted}")
+    assert trusted > untrained > distrusted
+
+
+def test_a_new_turn_indexes_only_what_is_new():
+    rng = random.Random(5)
+    turn1 = unique(rng, 300)
+    drafter = SuffixDrafter()
+    drafter.reset(turn1, None)
+    index = drafter._context
+    turn2 = turn1 + unique(rng, 40) + turn1[100:120]
+    drafter.reset(turn2, None)
+    assert drafter._context is index and index.size == len(turn2)  # extended in place
+    assert drafter.propose(turn2, 4).tokens == turn1[120:124]
+    other = unique(rng, 50)
+    drafter.reset(other, None)
+    assert drafter._context is not index and drafter._context.size == len(other)
+
+
+def test_cross_conversation_memory_is_shared_within_a_scope_only():
+    rng = random.Random(6)
+    reply = unique(rng, 120)  # e.g. a tool's output an agent loop will see again
+    system_a, system_b = scope_key("You are agent A."), scope_key("You are agent B.")
+    assert system_a != system_b and system_a == scope_key("You are agent A.")
+    drafter = SuffixDrafter()
+    drafter.scope(system_a)
+    drafter.remember(unique(rng, 30) + reply)
+
+    def drafted_in(scope: str) -> int:
+        drafter.scope(scope)
+        context = unique(rng, 50)  # another conversation, which starts repeating the reply
+        drafter.reset(context, None)
+        total = 0
+        for i in range(0, 100, 5):
+            draft = drafter.propose(context + reply[:i + 3], 8).tokens
+            total += sum(a == b for a, b in zip(draft, reply[i + 3:]))
+        return total
+
+    same, other = drafted_in(system_a), drafted_in(system_b)
+    print(f"tokens drafted correctly from memory: same scope {same}, other scope {other}")
+    assert same >= 40 and other == 0
+    drafter.scope(system_a)
+    drafter.reset(reply[:10], None)
+    assert drafter.propose(reply[:10], 4).tokens and drafter.last.source == "store"
+    drafter.forget(system_a)
+    assert drafter.propose(reply[:10], 4).tokens == []
+
+
+def test_memory_stays_under_the_bound():
+    bound = 2**20
+    rng = random.Random(7)
+    drafter = SuffixDrafter(max_bytes=bound)
+    docs = [[rng.randrange(5000) for _ in range(rng.randint(200, 1500))] for _ in range(60)]
+    for i, doc in enumerate(docs):
+        drafter.remember(doc, scope_key(f"system {i % 3}"))
+        assert drafter.memory_bytes() <= bound
+    indexed = sum(map(len, docs))
+    context = [rng.randrange(5000) for _ in range(20000)]  # a context beyond the bound too
+    drafter.reset(context[:5000], None)
+    for end in range(5000, len(context), 500):
+        drafter.propose(context[:end], 8)
+        assert drafter.memory_bytes() <= bound
+    measured = drafter.memory_bytes()
+    stored = sum(len(doc) for s in drafter._stores.values() for _, doc in s.docs)
+    tokens = stored + drafter._context.size
+    print(f"indexed {indexed + len(context)} tokens into a {bound} byte bound: keeps {tokens} "
+          f"tokens in {measured} bytes ({measured / tokens:.0f} bytes per indexed token)")
+    assert indexed * 200 > 4 * bound  # indexed far more than fits
+    # the running estimate the budget is kept with is close to the measured size
+    estimate = drafter._local_bytes() + sum(
+        s.estimate_bytes() for s in drafter._stores.values())
+    assert 0.9 * measured <= estimate <= 1.3 * measured
+    # the newest document is still there and still drafts; the oldest was evicted
+    drafter.scope(scope_key(f"system {59 % 3}"))
+    last = docs[-1]
+    drafter.reset(last[:20], None)
+    assert drafter.propose(last[:20], 4).tokens == last[20:24]
+    remaining = [doc for s in drafter._stores.values() for _, doc in s.docs]
+    assert list(docs[0]) not in [list(doc) for doc in remaining]
+
+
+def test_cost_per_proposal():
+    rng = random.Random(8)
+    base = [rng.randrange(3000) for _ in range(6000)]
+    context = base[:]
+    drafter = SuffixDrafter()
+    drafter.remember(base[::-1])
+    started = time.perf_counter()
+    drafter.reset(context, None)
+    build = (time.perf_counter() - started) / len(context)
+    calls, drafted, spent = 0, 0, 0.0
+    for i in range(2000):  # the reply copies the prompt, with an edit every 50 tokens
+        started = time.perf_counter()
+        draft = drafter.propose(context, 8).tokens
+        spent += time.perf_counter() - started
+        calls, drafted = calls + 1, drafted + len(draft)
+        context.append(base[i] if i % 50 else rng.randrange(3000))
+    degenerate = SuffixDrafter()
+    started = time.perf_counter()
+    degenerate.reset([7] * 5000, None)
+    run = (time.perf_counter() - started) / 5000
+    print(f"indexing {1e6 * build:.1f} us/token; propose {1e6 * spent / calls:.1f} us/call, "
+          f"{1e6 * spent / max(drafted, 1):.1f} us per drafted token ({drafted / calls:.1f} "
+          f"tokens per call); a run of one repeated token {1e6 * run:.1f} us/token")
+    assert spent / calls < 1e-3 and build < 50e-6 and run < 200e-6
+    assert degenerate._context.truncated > 0 and degenerate.propose([7] * 5000, 8).tokens
+
+
+# --- with the real pieces --------------------------------------------------------------------
+
+TINY_PROMPTS = [
+    "for item in items: print(item) for item in items:",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "def merge(a, b): return",
+]
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_lossless_on_the_tiny_model(tiny_target, k):
+    drafted = 0
+    for prompt in TINY_PROMPTS:
+        tokens = tiny_target.tokenize(prompt)
+        plain = run_to_end(tiny_target, tokens, GenerationParams(48))
+        for drafter in (SuffixDrafter(), SuffixDrafter(min_path_confidence=0.0, min_match=1)):
+            got = run_to_end(tiny_target, tokens, GenerationParams(48), FixedWindow(drafter, k))
+            assert got.tokens == plain.tokens and got.text == plain.text
+            drafted += got.stats.drafted
+    assert drafted > 0
+
+
+def edit_prompt(prompt_id: str) -> dict:
+    for line in EDITS.read_text().splitlines():
+        row = json.loads(line)
+        if row["id"] == prompt_id:
+            return row
+    raise AssertionError(f"{prompt_id} not in {EDITS}")
+
+
+@pytest.mark.slow
+def test_acceptance_against_ngram_on_the_real_target():
+    from conftest import offline_model
+
+    from engine.prompting import prompt_tokens
+    from engine.runtime import Model, RuntimeOptions
+
+    model = Model(offline_model("qwen2.5-coder-1.5b-instruct-q4_k_m"), RuntimeOptions(n_ctx=2048))
+    try:
+        for prompt_id in ("edit-02", "edit-04"):
+            tokens = prompt_tokens(model, edit_prompt(prompt_id)["messages"])
+            params = GenerationParams(96)
+            plain = run_to_end(model, tokens, params)
+            rows = {}
+            for drafter in (NgramDrafter(), SuffixDrafter()):
+                got = run_to_end(model, tokens, params, FixedWindow(drafter, 8))
+                assert got.tokens == plain.tokens, drafter.name
+                stats = got.stats
+                rows[drafter.name] = (stats.accepted / max(stats.drafted, 1),
+                                      stats.accepted / stats.target_passes, stats.drafted)
+                print(f"{prompt_id} {drafter.name}: accepted/drafted {rows[drafter.name][0]:.2f}, "
+                      f"accepted per target pass {rows[drafter.name][1]:.2f}, drafted "
+                      f"{stats.drafted}, passes {stats.target_passes}")
+            assert rows["suffix"][1] >= rows["ngram"][1]
+    finally:
+        model.close()
