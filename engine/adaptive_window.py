@@ -1,15 +1,19 @@
-"""The adaptive draft window: where the drafter and the draft length k are chosen.
+"""The adaptive draft window: where the drafter and the draft length k are chosen, step by
+step (``engine.window`` holds the fixed policy and the interface).
 
 Cost model: with per-position conditional acceptance a_1..a_k for a drafter, a pass is
 expected to emit E(k) = 1 + a_1 + a_1 a_2 + … tokens and to take
-T(k) = k × draft cost + verify cost(k+1) + overhead (costs measured by ``engine.calibration``).
+T(k) = k × draft cost + step cost(k+1), where a step's cost is what a pass over k+1 tokens
+really costs inside the decoding loop (``engine.costs``: calibrated by ``engine.calibration``,
+then timed while answering). The curve need not grow with k — on a GPU a 16-row pass can
+cost less than an 8-row one — so every k up to the maximum is weighed on its own.
 The controller picks the drafter and k with the best E(k)/T(k); when that is not at least
 (1 + margin) × plain speed it turns speculation off and probes again now and then. A drafter
 whose *ceiling* — the speedup it would give if every drafted token were accepted — is under
 that bar is never run nor probed: on such hardware no acceptance rate can make it pay.
-Costs are the calibration's until the decoding loop has timed a few passes of a size while
-answering; from then on the observed running medians (``LiveCosts``), so a calibration taken
-at an unlucky moment is corrected within a reply.
+Costs are the calibration's (raw passes plus the loop's measured overhead) until the loop has
+timed a few steps of a size while answering; from then on the observed running medians
+(``LiveCosts``), so a calibration taken at an unlucky moment is corrected within a reply.
 
 Online, acceptance estimates are updated after every step (decayed counts per position), and
 a draft model stops drafting early when its own confidence falls below a threshold that is
@@ -21,15 +25,14 @@ earlier for this pair and this prompt type (persisted in the user data directory
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from engine.calibration import Calibration, LiveCosts
+from engine.costs import Costs, LiveCosts
 from engine.drafters.base import Drafter
-from engine.drafters.model import ModelDrafter
 from engine.sampling import SamplingParams
 from engine.stats import MessageStats, StepStats
 from engine.window import WindowPolicy
@@ -76,26 +79,27 @@ def expected_tokens(rates: Sequence[float], k: int) -> float:
     return total
 
 
-def best_window(rates: Sequence[float], draft_cost: float, verify, overhead: float,
+def best_window(rates: Sequence[float], draft_cost: float, step_cost: Callable[[int], float],
                 max_k: int = MAX_WINDOW) -> tuple[int, float]:
-    """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k."""
-    best_k, best_speed = 0, 1.0 / (verify(1) + overhead)
+    """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k;
+    ``step_cost(n)``: seconds of a loop step that evaluates n tokens."""
+    best_k, best_speed = 0, 1.0 / step_cost(1)
     expected, chain = 1.0, 1.0  # E(k), built up one position at a time
     for k in range(1, max_k + 1):
         chain *= rates[k - 1]
         expected += chain
-        speed = expected / (k * draft_cost + verify(k + 1) + overhead)
+        speed = expected / (k * draft_cost + step_cost(k + 1))
         if speed > best_speed:
             best_k, best_speed = k, speed
     return best_k, best_speed
 
 
-def ceiling(draft_cost: float, verify, overhead: float, plain_speed: float,
+def ceiling(draft_cost: float, step_cost: Callable[[int], float],
             max_k: int = MAX_WINDOW) -> float:
     """The speedup over plain decoding of a drafter that is always right (E(k) = k + 1): the
     most that speculation with this draft cost can give on this machine."""
-    return max((k + 1) / (k * draft_cost + verify(k + 1) + overhead)
-               for k in range(1, max_k + 1)) / plain_speed
+    return max((k + 1) / (k * draft_cost + step_cost(k + 1))
+               for k in range(1, max_k + 1)) * step_cost(1)
 
 
 class ConfidenceThreshold:
@@ -155,14 +159,14 @@ DEFAULT_PRIORS = {"ngram": 0.35, "draft-model": 0.7, "universal": 0.6}
 
 
 class AdaptiveController(WindowPolicy):
-    def __init__(self, drafters: Sequence[Drafter], calibration: Calibration,
+    def __init__(self, drafters: Sequence[Drafter], planned: Costs,
                  memory: AcceptanceMemory | None = None, category: str = "chat",
                  max_window: int = MAX_WINDOW, margin: float = MARGIN,
                  live: LiveCosts | None = None) -> None:
         self.drafters = list(drafters)
-        self.calibration = calibration
+        self.planned = planned  # costs before anything was timed (calibration + overhead)
         self.live = live or LiveCosts()
-        self.costs = calibration  # with the live costs put in, at each choice
+        self.costs = planned  # with the live costs put in, at each choice
         self.memory = memory
         self.category = category
         self.max_window = max_window
@@ -194,20 +198,19 @@ class AdaptiveController(WindowPolicy):
             self.estimates[drafter.name] = AcceptanceEstimate(prior=prior)
 
     def _draft_cost(self, drafter: Drafter) -> float:
-        costs = self.costs.draft_token_seconds
-        return costs.get(drafter.name, costs.get("draft-model", 0.0))
+        return self.costs.draft_cost(drafter.name)
 
     def choose(self) -> tuple[Drafter, int]:
-        self.costs = self.live.apply(self.calibration)
-        curve, overhead = self.costs.target, self.costs.step_overhead
+        self.costs = self.live.apply(self.planned)
+        step_cost = self.costs.curve.verify
         plain_speed = self.costs.plain_tok_per_s
-        self.ceilings = {d.name: ceiling(self._draft_cost(d), curve.verify, overhead, plain_speed,
-                                         self.max_window) for d in self.drafters}
+        self.ceilings = {d.name: ceiling(self._draft_cost(d), step_cost, self.max_window)
+                         for d in self.drafters}
         candidates = [d for d in self.drafters if self.ceilings[d.name] >= 1.0 + self.margin]
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
         for drafter in candidates:
             k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),
-                                   curve.verify, overhead, self.max_window)
+                                   step_cost, self.max_window)
             if k and speed > best[2]:
                 best = (drafter, k, speed)
         drafter, k, speed = best
@@ -227,8 +230,7 @@ class AdaptiveController(WindowPolicy):
             self._current = (Drafter(), 0)
             return self._current
         self._probe_every = PROBE_EVERY
-        if isinstance(drafter, ModelDrafter):
-            drafter.min_confidence = self.thresholds[drafter.name].value
+        drafter.min_confidence = self.thresholds[drafter.name].value
         self.reason = (f"{drafter.name}, window {k}: expected {self.expected_speedup:.2f}x "
                        "vs plain")
         self._current = (drafter, k)
@@ -249,7 +251,7 @@ class AdaptiveController(WindowPolicy):
         if not step.drafted or drafter.name not in self.estimates:
             return
         self.estimates[drafter.name].observe(step.drafted, step.accepted)
-        if isinstance(drafter, ModelDrafter):
+        if drafter.confidences:
             self.thresholds[drafter.name].observe(drafter.confidences, step.accepted)
 
     def note(self) -> str:

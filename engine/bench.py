@@ -20,10 +20,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
+
 from engine import hardware
 from engine.session import ChatRequest, LoadRequest, Session
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared/prompts/dev.jsonl"
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPTS = PROMPTS_DIR / "dev.jsonl"
 
 
 def load_prompts(path: Path, limit: int | None = None, per_category: int | None = None,
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
     limits = session.ceilings()
-    verify = session.costs().target.verify
+    verify = session.costs().curve.verify
     print("\npass over n tokens / one token, as seen in this run: "
           + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)))
     print("ceiling (every draft accepted) on this machine: "

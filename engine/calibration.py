@@ -1,8 +1,11 @@
-"""Measuring what speculation costs on this machine: the target's time for a batch of n tokens
-(n = 1..16), each draft model's time per token, and the loop's per-step overhead. Cached per
-(machine, model file, threads, GPU layers) in the user data directory.
+"""Measuring this machine: which pass shapes give bit-identical logits (the numerics probe),
+the target's time for a pass over n tokens (n = 1..16) in the chosen shape, each draft
+model's time per token, and the decoding loop's own time per step. Cached per (machine, model
+files, threads, GPU layers, numerics setting) in the user data directory; re-measured when the
+cache is missing or proves wrong (``engine.session``).
 
-Not for: deciding anything from the numbers (``engine.controller``).
+Not for: deciding anything from the numbers (``engine.numerics`` chooses the shape,
+``engine.adaptive_window`` the drafter and window).
 """
 
 from __future__ import annotations
@@ -12,64 +15,66 @@ import json
 import platform
 import statistics
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from engine import paths
+import numpy as np
+
+from engine import numerics, paths
+from engine.costs import MAX_BATCH, CostCurve, Costs
+from engine.numerics import PROBE_SIZES, PassShape, Probe
 from engine.runtime import Model
-from engine.stats import StepStats
 
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16)
-MAX_BATCH = 16
 WARMUP_TOKENS = 48
-
-
-@dataclass
-class CostCurve:
-    """Seconds for one target pass over n tokens (index n-1), interpolated between the measured
-    batch sizes."""
-
-    seconds: list[float]
-
-    def verify(self, n: int) -> float:
-        n = max(1, n)
-        if n <= len(self.seconds):
-            return self.seconds[n - 1]
-        per_token = (self.seconds[-1] - self.seconds[0]) / max(len(self.seconds) - 1, 1)
-        return self.seconds[-1] + per_token * (n - len(self.seconds))
+PROBE_PREFIX, PROBE_SPAN = 24, 16
 
 
 @dataclass
 class Calibration:
-    target: CostCurve
+    target: CostCurve  # llama.cpp's time for a pass over n tokens, in the chosen shape
     draft_token_seconds: dict[str, float]  # per drafter name (n-gram: ~0)
-    step_overhead: float  # Python time per step outside the model calls
+    step_overhead: float  # the loop's time per step beyond llama.cpp's (plain steps)
     measured_at: float
+    shape: PassShape = field(default_factory=PassShape)
+    probe: Probe | None = None
 
     @property
     def plain_tok_per_s(self) -> float:
         """Plain decoding through Tandem's loop: one target pass plus the loop's overhead."""
         return 1.0 / (self.target.seconds[0] + self.step_overhead)
 
+    def costs(self) -> Costs:
+        """The costs to plan with before anything was timed while answering."""
+        curve = CostCurve([s + self.step_overhead for s in self.target.seconds])
+        return Costs(curve, dict(self.draft_token_seconds))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({"target": {"seconds": self.target.seconds},
+                           "draft_token_seconds": self.draft_token_seconds,
+                           "step_overhead": self.step_overhead, "measured_at": self.measured_at,
+                           "shape": self.shape.to_dict(),
+                           "probe": None if self.probe is None else self.probe.to_dict()})
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
+        shape = data.get("shape") or {}
         return cls(CostCurve(data["target"]["seconds"]), data["draft_token_seconds"],
-                   data["step_overhead"], data["measured_at"])
+                   data["step_overhead"], data["measured_at"],
+                   PassShape(shape.get("mode", "exact"), shape.get("plain_rows", 1),
+                             tuple(shape.get("pieces", (1,))), shape.get("rounding", 0.0)),
+                   Probe.from_dict(data["probe"]) if data.get("probe") else None)
 
 
 def _model_key(model: Model) -> str:
     stat = model.path.stat()
     return (f"{model.path.name}:{stat.st_size}:{stat.st_mtime_ns}:{model.options.threads()}:"
-            f"{model.options.gpu_layers()}")
+            f"{model.options.gpu_layers()}:{model.options.flash_attn}")
 
 
-def cache_path(target: Model, drafts: dict[str, Model]) -> Path:
-    key = "|".join([platform.node(), platform.machine(), _model_key(target),
+def cache_path(target: Model, drafts: dict[str, Model], mode: str = "exact"):
+    key = "|".join([platform.node(), platform.machine(), _model_key(target), mode,
                     *sorted(f"{name}={_model_key(m)}" for name, m in drafts.items())])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return paths.calibration_dir() / f"costs-{digest}.json"
@@ -81,9 +86,64 @@ def _warm_context(model: Model) -> list[int]:
     return tokens[:WARMUP_TOKENS]
 
 
+# ---- the numerics probe -----------------------------------------------------------------
+def _rows(model: Model, prefix: list[int], span: list[int], real: int, width: int
+          ) -> tuple[np.ndarray, float]:
+    """Logits after every token of ``span`` (following ``prefix``), evaluated ``real`` tokens
+    per pass in passes of ``width`` rows (padding repeats the last token and is dropped from
+    the cache); also the median time of a pass."""
+    model.reset()
+    model.decode(prefix, "none")
+    out, times = [], []
+    for start in range(0, len(span), real):
+        piece = span[start:start + real]
+        began = time.perf_counter()
+        view = model.decode(piece + [piece[-1]] * (width - len(piece)),
+                            "all" if width > 1 else "last")
+        times.append(time.perf_counter() - began)
+        out.append(view[:len(piece)].copy())
+        model.truncate(len(model.kv_tokens) - (width - len(piece)))
+    model.reset()
+    return np.concatenate(out), statistics.median(times)
+
+
+def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PROBE_SIZES
+                   ) -> Probe:
+    """Evaluate the same positions in pieces of each size and group the sizes whose logits are
+    bit-identical; check whether plain decoding padded into a class joins it (only for the
+    classes ``mode`` may use: the padded check costs a pass per position)."""
+    context = _warm_context(model)
+    prefix, span = context[:PROBE_PREFIX], context[PROBE_PREFIX:PROBE_PREFIX + PROBE_SPAN]
+    rows, seconds = {}, {}
+    for size in sizes:
+        rows[size], seconds[size] = _rows(model, prefix, span, size, size)
+    classes: list[list[int]] = []
+    for size in sizes:
+        group = next((g for g in classes if np.array_equal(rows[g[0]], rows[size])), None)
+        if group is None:
+            classes.append([size])
+        else:
+            group.append(size)
+    one = rows[sizes[0]]
+    difference = max((float(np.abs(rows[s] - one).max()) for s in sizes[1:]), default=0.0)
+    probe = Probe(tuple(tuple(g) for g in classes), {}, seconds, difference)
+    if mode.startswith("exact:"):
+        needed = [probe.class_of(int(mode.split(":", 1)[1]))]
+    elif mode == "exact" and len(probe.class_of(1)) == 1:
+        needed = [c for c in probe.classes if 1 not in c]
+    else:
+        needed = []
+    for group in needed:
+        if 1 not in group:
+            padded, _ = _rows(model, prefix, span, 1, min(group))
+            probe.padded_joins[min(group)] = bool(np.array_equal(padded, rows[min(group)]))
+    return probe
+
+
+# ---- costs ------------------------------------------------------------------------------
 def measure_target(model: Model, rounds: int = 3) -> CostCurve:
-    """Median time of a pass over n tokens. Each round measures every batch size once, so a
-    change in the machine's load during the measurement hits all sizes alike."""
+    """Median time of a pass over n tokens in the model's pass shape. Each round measures every
+    batch size once, so a change in the machine's load hits all sizes alike."""
     context = _warm_context(model)
     model.reset()
     model.decode(context, logits="none")
@@ -93,23 +153,16 @@ def measure_target(model: Model, rounds: int = 3) -> CostCurve:
         for n in BATCH_SIZES:
             model.truncate(base)
             start = time.perf_counter()
-            model.verify_pass(context[:n])
+            model.evaluate(context[:n])
             samples[n].append(time.perf_counter() - start)
     model.reset()
     measured = {n: statistics.median(values) for n, values in samples.items()}
     seconds = []
-    sizes = sorted(measured)
     for n in range(1, MAX_BATCH + 1):
-        lower = max(s for s in sizes if s <= n)
-        upper = min(s for s in sizes if s >= n)
-        if lower == upper:
-            seconds.append(measured[n])
-        else:
-            w = (n - lower) / (upper - lower)
-            seconds.append(measured[lower] * (1 - w) + measured[upper] * w)
-    # a longer batch never costs less than a shorter one in the model (noise aside)
-    for i in range(1, len(seconds)):
-        seconds[i] = max(seconds[i], seconds[i - 1])
+        lower = max(s for s in BATCH_SIZES if s <= n)
+        upper = min(s for s in BATCH_SIZES if s >= n)
+        w = 0.0 if lower == upper else (n - lower) / (upper - lower)
+        seconds.append(measured[lower] * (1 - w) + measured[upper] * w)
     return CostCurve(seconds)
 
 
@@ -126,106 +179,29 @@ def measure_draft(model: Model, tokens: int = 12) -> float:
     return statistics.median(samples)
 
 
-def measure_step_overhead(model: Model, tokens: int = 24) -> float:
-    """Seconds per step that the decoding loop spends outside llama.cpp (plain steps): wall
-    time of a short generation minus the time inside llama_decode, per target pass."""
-    from engine.speculative import Finished, GenerationParams, generate
-
-    prompt = _warm_context(model)[:16]
-    model.reset()
-    busy_before, started = model.busy_seconds, time.perf_counter()
-    finished = None
-    for event in generate(model, prompt, GenerationParams(tokens)):
-        finished = event if isinstance(event, Finished) else finished
-    wall = time.perf_counter() - started
-    busy = model.busy_seconds - busy_before
-    model.reset()
-    if finished is None or not finished.stats.target_passes:
-        return 0.0
-    return max(wall - busy, 0.0) / finished.stats.target_passes
-
-
-class LiveCosts:
-    """Pass times observed while answering, per batch size, and draft times per token: the
-    costs the controller uses once a few are seen. They correct a calibration measured at an
-    unlucky moment on a machine whose load changes (running medians, robust to hiccups)."""
-
-    MIN_SAMPLES = 3
-
-    def __init__(self, window: int = 24) -> None:
-        self._samples: dict[object, deque[float]] = {}  # batch size, or drafter name
-        self._medians: dict[object, float] = {}  # kept current: read at every step
-        self._window = window
-
-    def observe(self, step: StepStats) -> None:
-        """One step of the decoding loop: its target pass over drafted + 1 tokens and, if it
-        drafted, the draft's time per token."""
-        if step.drafted + 1 <= MAX_BATCH and step.verify_seconds > 0:
-            self._add(step.drafted + 1, step.verify_seconds)
-        if step.drafted and step.draft_seconds > 0:
-            self._add(step.drafter, step.draft_seconds / step.drafted)
-
-    def _add(self, key: object, seconds: float) -> None:
-        samples = self._samples.setdefault(key, deque(maxlen=self._window))
-        samples.append(seconds)
-        if len(samples) >= self.MIN_SAMPLES:
-            self._medians[key] = statistics.median(samples)
-
-    def seen(self) -> dict[int, float]:
-        """Median observed time of a pass, per batch size seen a few times."""
-        return {n: self._medians[n] for n in range(1, MAX_BATCH + 1) if n in self._medians}
-
-    def curve(self, calibrated: CostCurve) -> CostCurve:
-        """Observed pass times where known; elsewhere the calibrated time mapped through the
-        observed ones (piecewise linear in calibrated cost, extended past the last observed
-        size with its slope): a 2-token pass seen twice as dear as calibrated makes the
-        longer, unseen ones dearer too."""
-        seen = self.seen()
-        points = sorted((calibrated.verify(n), median) for n, median in seen.items())
-        if len(points) == 1:
-            points.insert(0, (0.0, 0.0))  # one size seen: a plain rescaling
-        seconds = [seen[n] if n in seen else _through(points, calibrated.verify(n))
-                   for n in range(1, MAX_BATCH + 1)]
-        for i in range(1, len(seconds)):
-            seconds[i] = max(seconds[i], seconds[i - 1])
-        return CostCurve(seconds)
-
-    def apply(self, calibration: Calibration) -> Calibration:
-        """``calibration`` with what was seen while answering put in. A draft not yet timed
-        keeps its calibrated cost relative to the target: scaled as one-token target passes
-        are (the machine's load and the context length slow both)."""
-        curve = self.curve(calibration.target)
-        scale = curve.seconds[0] / calibration.target.seconds[0]
-        drafts = {name: self._medians.get(name, cost * scale)
-                  for name, cost in calibration.draft_token_seconds.items()}
-        return Calibration(curve, drafts, calibration.step_overhead, calibration.measured_at)
-
-
-def _through(points: list[tuple[float, float]], x: float) -> float:
-    """y at x on the polyline through ``points`` (sorted by x), extended at both ends."""
-    if not points:
-        return x
-    if len(points) == 1:
-        return points[0][1]
-    segment = next((i for i in range(1, len(points) - 1) if x <= points[i][0]),
-                   len(points) - 1)
-    (x0, y0), (x1, y1) = points[segment - 1], points[segment]
-    return y1 if x1 == x0 else y0 + (x - x0) * (y1 - y0) / (x1 - x0)
-
-
-def calibrate(target: Model, drafts: dict[str, Model], refresh: bool = False) -> Calibration:
-    """Measured costs for this target and these draft models (cached unless ``refresh``)."""
-    path = cache_path(target, drafts)
+def calibrate(target: Model, drafts: dict[str, Model],
+              loop_overhead: Callable[[Model], float], refresh: bool = False,
+              mode: str | None = None) -> Calibration:
+    """Measured numerics and costs for this target and these draft models (cached unless
+    ``refresh``); sets ``target.shape``. ``loop_overhead(model)`` measures the decoding loop's
+    own time per step (passed in: the loop reports to the cost module, not the reverse)."""
+    mode = mode or numerics.requested_mode()
+    path = cache_path(target, drafts, mode)
     if path.is_file() and not refresh:
         try:
-            return Calibration.from_json(path.read_text())
-        except (ValueError, KeyError):
+            calibration = Calibration.from_json(path.read_text())
+            if calibration.probe is not None:
+                target.shape = calibration.shape
+                return calibration
+        except (ValueError, KeyError, TypeError):
             pass
+    probe = probe_numerics(target, mode)
+    target.shape = numerics.choose(probe, mode)
     curve = measure_target(target)
     draft_costs = {name: measure_draft(model) for name, model in drafts.items()}
     draft_costs["ngram"] = 0.0
-    calibration = Calibration(curve, draft_costs, measure_step_overhead(target),
-                              measured_at=time.time())
+    calibration = Calibration(curve, draft_costs, loop_overhead(target), time.time(),
+                              target.shape, probe)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(calibration.to_json())
     tmp.replace(path)

@@ -1,92 +1,93 @@
 """The one door between the UI and the engine.
 
-``EngineClient`` runs an ``engine.session.Session`` in a worker process and talks to it with
-plain data: requests are dicts, replies are dicts, a chat streams event dicts. A crash in the
-worker (a hostile model file, an out-of-memory kill) surfaces as an error event with a clear
-message; the next call starts a fresh worker and reloads the last model pair.
+``EngineClient`` runs an ``engine.session.Session`` in a worker process (``engine.worker``, a
+fresh interpreter, so llama.cpp loads before numpy whatever this process imported) and talks
+to it with plain data: requests are dicts, replies are dicts, a chat streams event dicts. A
+crash in the worker (a hostile model file, an out-of-memory kill) surfaces as an error event
+with a clear message; the next call starts a fresh worker and reloads the last model pair.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
+import os
+import secrets
+import subprocess
+import sys
 import threading
-import traceback
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from multiprocessing.connection import Listener
+from pathlib import Path
 
 from engine.errors import EngineCrashed, TandemError
 
 POLL_SECONDS = 0.25
+START_SECONDS = 120  # a worker that has not connected by then is reported as crashed
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _worker(conn, cancel) -> None:
-    from engine import compat, hardware, models, recommend
-    from engine.session import ChatRequest, LoadRequest, Session
+class _Worker:
+    """The worker process (``python -m engine.worker``, a fresh interpreter whatever the
+    parent imported) and its two authenticated connections: requests, and control (cancel)."""
 
-    session = Session()
-    while True:
+    def __init__(self) -> None:
+        key = secrets.token_bytes(32)
+        listener = Listener(authkey=key)  # a Unix socket or a Windows named pipe
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.worker"],
+                                     stdin=subprocess.PIPE, env=env)
         try:
-            op, payload = conn.recv()
-        except (EOFError, OSError):
-            return
+            self.proc.stdin.write((json.dumps({"address": listener.address,
+                                               "authkey": key.hex()}) + "\n").encode())
+            self.proc.stdin.close()
+            self.conn = self._accept(listener)
+            self.control = self._accept(listener)
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            listener.close()
+
+    def _accept(self, listener: Listener):
+        accepted: list = []
+        thread = threading.Thread(target=lambda: accepted.append(listener.accept()),
+                                  daemon=True)
+        thread.start()
+        deadline = time.monotonic() + START_SECONDS
+        while thread.is_alive():
+            thread.join(0.05)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise EngineCrashed(f"the worker did not start, exit code {self.proc.poll()}")
+        if not accepted:
+            raise EngineCrashed("the worker did not connect")
+        return accepted[0]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cancel(self) -> None:
         try:
-            if op == "chat":
-                cancel.clear()
-                for event in session.chat(ChatRequest(**payload), cancel):
-                    conn.send(event)
-                continue
-            if op == "load":
-                result = session.load(LoadRequest(**payload))
-            elif op == "info":
-                result = session.info()
-            elif op == "recalibrate":
-                result = session.recalibrate()
-            elif op == "hardware":
-                result = hardware.describe()
-            elif op == "compat":
-                c = compat.analyse_files(models.resolve(payload["target"]),
-                                         models.resolve(payload["draft"]))
-                result = {**asdict(c), "label": c.label()}
-            elif op == "recommend":
-                session.close()  # scoring loads each candidate; one model pair at a time
-                result = recommend.recommend(payload["target"])
-            elif op == "fit":
-                result = _fit(payload["models"], payload.get("n_ctx", 4096))
-            elif op == "add_local":
-                result = models.add_local(payload["path"])
-            elif op == "stop":
-                session.close()
-                conn.send({"type": "result", "value": None})
-                return
-            else:
-                raise TandemError(f"unknown request '{op}'")
-            conn.send({"type": "result", "value": result})
-        except TandemError as error:
-            conn.send({"type": "error", "message": str(error)})
-        except Exception as error:  # a bug: report it rather than die silently
-            conn.send({"type": "error", "message": f"{type(error).__name__}: {error}",
-                       "trace": traceback.format_exc()})
+            self.control.send("cancel")
+        except (OSError, ValueError):
+            pass
 
-
-def _fit(model_ids: list[str], n_ctx: int) -> dict:
-    from engine import catalog, hardware, models
-    from engine.errors import NotInstalled
-
-    files, not_downloaded = [], 0
-    for model_id in model_ids:
-        try:
-            files.append(models.resolve(model_id))
-        except NotInstalled:
-            not_downloaded += catalog.by_id(model_id).size
-    return hardware.fit_report(files, n_ctx, not_downloaded)
+    def kill(self) -> None:
+        if self.is_alive():
+            self.proc.kill()
+        self.proc.wait()
 
 
 class EngineClient:
     def __init__(self) -> None:
-        self._ctx = mp.get_context("spawn")
-        self._proc = None
+        self._proc: _Worker | None = None
         self._conn = None
-        self._cancel = self._ctx.Event()
         self._lock = threading.Lock()
         self.last_load: dict | None = None
         self.crashed = ""
@@ -95,11 +96,8 @@ class EngineClient:
     def _ensure(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             return
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker, args=(child, self._cancel), daemon=True,
-                                       name="tandem-engine")
-        self._proc.start()
-        self._conn = parent
+        self._proc = _Worker()
+        self._conn = self._proc.conn
         if self.last_load is not None and self.crashed:
             self.crashed = ""
             self._request("load", self.last_load)
@@ -112,7 +110,7 @@ class EngineClient:
                 except (EOFError, OSError):
                     pass
             if not self._proc.is_alive():
-                code = self._proc.exitcode
+                code = self._proc.proc.returncode
                 self._proc = None
                 self.crashed = f"exit code {code}"
                 raise EngineCrashed(self.crashed)
@@ -157,7 +155,7 @@ class EngineClient:
                 yield {"type": "error", "message": str(error), "crashed": True}
             except GeneratorExit:
                 if not final:  # the consumer went away mid-reply: stop the engine, drain
-                    self._cancel.set()
+                    self.cancel()
                     self._drain()
                 raise
 
@@ -180,16 +178,17 @@ class EngineClient:
 
     def cancel(self) -> None:
         """Stop the reply in flight after the current engine step."""
-        self._cancel.set()
+        worker = self._proc
+        if worker is not None:
+            worker.cancel()
 
     def close(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             try:
                 with self._lock:
                     self._request("stop")
+                self._proc.proc.wait(timeout=5)
             except Exception:
                 pass
-            self._proc.join(timeout=5)
-            if self._proc.is_alive():
-                self._proc.kill()
+            self._proc.kill()
         self._proc = None

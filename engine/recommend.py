@@ -4,13 +4,13 @@ For each candidate: its measured cost per token (``engine.calibration``) and a c
 its acceptance, taken before any speculation: the target answers a few short requests of
 different kinds (plain greedy decoding), then the draft reads each answer once, in one batch,
 and we count how often its greedy next token is the one the target wrote (in the draft's own
-tokens, so it works across vocabularies too). The cost model (``engine.controller``) turns
+tokens, so it works across vocabularies too). The cost model (``engine.adaptive_window``) turns
 cost and acceptance into an expected speedup; the best candidate is recommended, or none when
 plain decoding is expected to be fastest.
 
     python -m engine.recommend [--target ID] [--json]
 
-Not for: choosing the window during a reply (``engine.controller``).
+Not for: choosing the window during a reply (``engine.adaptive_window``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
 import numpy as np
 
 from engine import catalog, compat, models
+from engine.adaptive_window import MARGIN, best_window, ceiling
 from engine.calibration import Calibration, calibrate, measure_draft
 from engine.compat import Compatibility
-from engine.controller import MARGIN, best_window, ceiling
 from engine.prompting import prompt_tokens
 from engine.runtime import Model, RuntimeOptions
-from engine.speculative import Finished, GenerationParams, generate
+from engine.speculative import Finished, GenerationParams, generate, loop_overhead
 
 SAMPLE_REQUESTS = (
     "Write a Python function that checks whether a string is a palindrome.",
@@ -98,11 +99,11 @@ def score(calibration: Calibration, draft_id: str, draft: Model, compatibility: 
           answers: list[Answer]) -> Candidate:
     acceptance = agreement(draft, answers, compatibility.kind == "native")
     cost = measure_draft(draft)
-    curve, overhead = calibration.target, calibration.step_overhead
-    plain_speed = calibration.plain_tok_per_s
-    window, speed = best_window([acceptance] * 16, cost, curve.verify, overhead)
-    return Candidate(draft_id, compatibility.label(), acceptance, cost / curve.seconds[0], window,
-                     speed / plain_speed, ceiling(cost, curve.verify, overhead, plain_speed))
+    step_cost = calibration.costs().curve.verify
+    window, speed = best_window([acceptance] * 16, cost, step_cost)
+    return Candidate(draft_id, compatibility.label(), acceptance,
+                     cost / calibration.target.seconds[0], window, speed * step_cost(1),
+                     ceiling(cost, step_cost))
 
 
 def installed_drafts(target_path: Path) -> list[tuple[str, Path]]:
@@ -122,7 +123,7 @@ def recommend(target_id: str, options: RuntimeOptions = RuntimeOptions(n_ctx=204
     target_path = models.resolve(target_id)
     target = Model(target_path, options)
     try:
-        calibration = calibrate(target, {})
+        calibration = calibrate(target, {}, loop_overhead)
         answers = target_answers(target)
         candidates = []
         for draft_id, draft_path in installed_drafts(target_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,17 +26,8 @@ import numpy as np
 
 from engine.errors import ContextFull, InvalidModelFile, TandemError
 from engine.gguf_check import GGUFInfo, validate_gguf
+from engine.numerics import PassShape
 from engine.threads import attach_shared_pool
-
-# Exact numerics (see README "Lossless"): llama.cpp's CPU backend computes a matmul over the
-# repacked K-quant weights one row at a time, through the one-token kernel, only while the batch
-# has at most EXACT_ROWS rows; 4+ rows go through a gemm kernel (and 8+ through the tiled one)
-# that rounds differently. Verification passes are therefore evaluated in pieces of at most
-# EXACT_ROWS tokens, which keeps their logits bit-identical to plain decoding while plain
-# decoding and prompt processing keep llama.cpp's fastest kernels. TANDEM_NUMERICS=fast
-# verifies in one piece (faster on long windows, not bit-exact).
-EXACT_NUMERICS = os.environ.get("TANDEM_NUMERICS", "exact") != "fast"
-EXACT_ROWS = 3
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -60,6 +52,23 @@ def _init_backend() -> None:
             llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _backend_ready = True
+
+
+def numpy_loaded_first() -> bool:
+    """Whether this process started importing numpy before llama.cpp's libraries."""
+    order = list(sys.modules)
+    return "numpy" in order and order.index("numpy") < order.index("llama_cpp.llama_cpp")
+
+
+def _refuse_numpy_first() -> None:
+    """CUDA builds crash inside the model load of a process that imported numpy first (see
+    engine/worker.py): refuse with a clear message instead."""
+    if os.environ.get("TANDEM_ALLOW_NUMPY_FIRST") or not numpy_loaded_first():
+        return
+    if b"CUDA" in llama_cpp.llama_print_system_info():
+        raise TandemError("This process imported numpy before llama.cpp, which crashes model "
+                          "loading on CUDA builds. Load models through the engine worker "
+                          "(engine.facade.EngineClient), or import llama_cpp before numpy.")
 
 
 def physical_cores() -> int:
@@ -98,6 +107,16 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+@dataclass
+class Evaluation:
+    """What one evaluation returns: the argmax after each token, and (when asked) the logit
+    rows and the gap between the two best logits."""
+
+    choices: np.ndarray
+    rows: np.ndarray | None = None
+    margins: np.ndarray | None = None
+
+
 class Model:
     def __init__(self, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
                  vocab_only: bool = False) -> None:
@@ -105,6 +124,8 @@ class Model:
         self.options = options
         self.info: GGUFInfo = validate_gguf(self.path)
         _init_backend()
+        if not vocab_only:
+            _refuse_numpy_first()
         self._model = self._ctx = self._batch = None
         mparams = llama_cpp.llama_model_default_params()
         mparams.vocab_only = vocab_only
@@ -124,6 +145,7 @@ class Model:
         self._pieces: dict[int, bytes] = {}
         self.kv_tokens: list[int] = []
         self.busy_seconds = 0.0  # time spent inside llama_decode (profiling the loop)
+        self.shape = PassShape()  # one token per pass until calibrated: exact, never fast
         self.n_ctx = 0
         if vocab_only:
             return
@@ -215,16 +237,35 @@ class Model:
         return bool(attr & mask)
 
     # ---- evaluation and KV cache -------------------------------------------------------
+    def evaluate(self, tokens: Sequence[int], rows: bool = False, margins: bool = False
+                 ) -> Evaluation:
+        """Append ``tokens`` (one plain step, or ``[last token] + draft``) in this model's pass
+        shape (``self.shape``, see ``engine.numerics``) and return the argmax after each of
+        them; also the logit rows (copied) and the top-2 margins when asked. Padding rows are
+        evaluated, then dropped from the KV cache."""
+        n = len(tokens)
+        choices = np.empty(n, dtype=np.int64)
+        out_rows = np.empty((n, self.n_vocab), dtype=np.float32) if rows else None
+        out_margins = np.empty(n, dtype=np.float32) if margins else None
+        start = 0
+        for real, width in self.shape.split(n):
+            piece = list(tokens[start:start + real])
+            piece += [piece[-1]] * (width - real)
+            view = self.decode(piece, "all" if width > 1 else "last")[:real]
+            choices[start:start + real] = view.argmax(axis=1)
+            if out_rows is not None:
+                out_rows[start:start + real] = view
+            if out_margins is not None:
+                top2 = np.partition(view, -2, axis=1)[:, -2:]
+                out_margins[start:start + real] = top2[:, 1] - top2[:, 0]
+            if width > real:
+                self.truncate(len(self.kv_tokens) - (width - real))
+            start += real
+        return Evaluation(choices, out_rows, out_margins)
+
     def verify_pass(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append ``tokens`` and return the logits of every one of them, computed exactly as
-        one-token decoding would compute them (see EXACT_ROWS)."""
-        if not EXACT_NUMERICS or len(tokens) <= EXACT_ROWS:
-            return self.decode(tokens, "all")
-        rows = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
-        for start in range(0, len(tokens), EXACT_ROWS):
-            piece = tokens[start:start + EXACT_ROWS]
-            rows[start:start + len(piece)] = self.decode(piece, "all")
-        return rows
+        """The logit rows after each of ``tokens``, evaluated in this model's pass shape."""
+        return self.evaluate(tokens, rows=True).rows
 
     def decode(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
         """Append ``tokens`` to the cache. ``logits``: "none", "last" or "all" (rows in order).
@@ -254,11 +295,12 @@ class Model:
                 raise TandemError(f"llama.cpp could not evaluate the batch (code {code}); the "
                                   "context may be full or memory exhausted.")
             self.kv_tokens.extend(chunk)
-        self.busy_seconds += time.perf_counter() - started
         if logits == "none":
+            self.busy_seconds += time.perf_counter() - started
             return None
+        pointer = llama_cpp.llama_get_logits(self._ctx)  # waits for the backend to finish
+        self.busy_seconds += time.perf_counter() - started
         rows = len(tokens) if logits == "all" else 1
-        pointer = llama_cpp.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(pointer, shape=(rows, self.n_vocab))
 
     def truncate(self, n_keep: int) -> None:

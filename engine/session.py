@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from engine import compat, models, paths, prompt_type
-from engine.calibration import Calibration, LiveCosts, calibrate
-from engine.controller import AcceptanceMemory, AdaptiveController, ceiling
+from engine.adaptive_window import AcceptanceMemory, AdaptiveController, ceiling
+from engine.calibration import Calibration, calibrate
+from engine.costs import Costs, LiveCosts
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
@@ -24,7 +25,7 @@ from engine.hardware import check_fits
 from engine.prompting import prompt_tokens, stop_strings
 from engine.runtime import Model, RuntimeOptions
 from engine.sampling import SamplingParams
-from engine.speculative import Chunk, GenerationParams, generate
+from engine.speculative import Chunk, GenerationParams, generate, loop_overhead
 from engine.window import FixedWindow, WindowPolicy
 
 
@@ -79,11 +80,12 @@ class Session:
             self.draft = Model(draft_path, options)
             self.compatibility = compat.analyse(self.target, self.draft)
             if self.compatibility.kind == "native":
-                self._drafters["model"] = ModelDrafter(self.draft)
+                self._drafters["model"] = ModelDrafter(self.draft,
+                                                       target_vocab=self.target.n_vocab)
             else:
                 self._drafters["model"] = UniversalDrafter(self.draft, self.target)
         self.loaded = request
-        self.calibration = calibrate(self.target, self._model_drafters())
+        self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead)
         self.live_costs = LiveCosts()
         return self.info()
 
@@ -93,7 +95,9 @@ class Session:
 
     def recalibrate(self) -> dict:
         assert self.target is not None
-        self.calibration = calibrate(self.target, self._model_drafters(), refresh=True)
+        self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
+                                     refresh=True)
+        self.live_costs = LiveCosts()
         return self.info()
 
     def info(self) -> dict:
@@ -110,19 +114,24 @@ class Session:
             "n_ctx": self.target.n_ctx,
             "threads": self.target.options.threads(),
             "gpu_layers": self.target.options.gpu_layers(),
+            "numerics": self.target.shape.to_dict(),
             "calibration": None if cal is None else {
                 "target_seconds": cal.target.seconds,
                 "draft_token_seconds": cal.draft_token_seconds,
-                "plain_tok_per_s": cal.plain_tok_per_s,
+                "plain_tok_per_s": self.costs().plain_tok_per_s,
                 "step_overhead": cal.step_overhead,
                 "seen_seconds": self.live_costs.seen(),
                 "ceilings": self.ceilings(),
+                "probe": None if cal.probe is None else cal.probe.to_dict(),
             },
         }
 
-    def costs(self) -> Calibration | None:
-        """The costs in use: the calibration with the pass times seen while answering."""
-        return None if self.calibration is None else self.live_costs.apply(self.calibration)
+    def costs(self) -> Costs | None:
+        """The costs in use: what a loop step costs, calibrated, with the step times seen while
+        answering put in."""
+        if self.calibration is None:
+            return None
+        return self.live_costs.apply(self.calibration.costs())
 
     def ceilings(self) -> dict[str, float]:
         """Per drafter: the speedup over plain decoding if every drafted token were accepted,
@@ -130,8 +139,7 @@ class Session:
         costs = self.costs()
         if costs is None:
             return {}
-        return {name: ceiling(cost, costs.target.verify, costs.step_overhead,
-                              costs.plain_tok_per_s)
+        return {name: ceiling(cost, costs.curve.verify)
                 for name, cost in costs.draft_token_seconds.items()}
 
     def close(self) -> None:
@@ -158,7 +166,8 @@ class Session:
         memory_file = paths.calibration_dir() / (
             "acceptance-" + _safe(self.loaded.target) + "--" + _safe(self.loaded.draft or "none")
             + ".json")
-        return AdaptiveController(drafters, self.calibration, AcceptanceMemory(memory_file),
+        return AdaptiveController(drafters, self.calibration.costs(),
+                                  AcceptanceMemory(memory_file),
                                   prompt_type.classify(request.messages), live=self.live_costs)
 
     def chat(self, request: ChatRequest, cancel: threading.Event | None = None
@@ -179,7 +188,7 @@ class Session:
             costs = self.costs()
             plain_rate = costs.plain_tok_per_s if costs else None
             for event in generate(self.target, prompt, params, policy, cancel,
-                                  costs=self.live_costs):
+                                  on_step=lambda step: self.live_costs.observe(step.stats)):
                 event.stats.plain_tok_per_s = plain_rate
                 if isinstance(event, Chunk):
                     event.stats.controller_note = policy.note()
@@ -199,7 +208,8 @@ class Session:
         if (self.calibration is None or stats.drafted or stats.tokens < 32
                 or stats.tok_per_s < RECALIBRATE_ABOVE * self.calibration.plain_tok_per_s):
             return
-        self.calibration = calibrate(self.target, self._model_drafters(), refresh=True)
+        self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
+                                     refresh=True)
 
 
 def _safe(name: str) -> str:

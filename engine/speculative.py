@@ -3,10 +3,12 @@
 One loop serves every mode. With no drafter (or a window of 0) it is plain decoding: one
 target pass per token. With a drafter, the target evaluates ``[last token] + draft`` in one
 batch and keeps the longest acceptable prefix plus one token of its own, so the output is the
-target's own (greedy) or follows the target's own distribution (sampling).
+target's own (greedy) or follows the target's own distribution (sampling). Both kinds of pass
+run in the target's pass shape (``engine.numerics``), which keeps them bit-identical.
 
-Which drafter and which window run at each step is the window policy's choice
-(``engine.window``); drafters live in ``engine.drafters``. Neither lives here.
+Each step is reported through one callback, ``on_step`` (the live costs listen there). Which
+drafter and which window run at each step is the window policy's choice (``engine.window``,
+``engine.adaptive_window``); drafters live in ``engine.drafters``. Neither lives here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.calibration import LiveCosts
 from engine.drafters.base import Drafter
 from engine.errors import ContextFull
 from engine.runtime import Model
@@ -53,20 +54,30 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
 
 
-VerifyHook = Callable[[list[int], np.ndarray, list[int]], None]
+@dataclass
+class Step:
+    """One step as reported to ``on_step``: its statistics, the tokens the target evaluated,
+    the target's argmax after each (greedy) and the top-2 logit margins (when asked), and the
+    tokens it emitted."""
+
+    stats: StepStats
+    batch: list[int]
+    choices: np.ndarray
+    margins: np.ndarray | None
+    emitted: list[int]
 
 
 def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
              policy: WindowPolicy | None = None, cancel: threading.Event | None = None,
-             verify_hook: VerifyHook | None = None, costs: LiveCosts | None = None
+             on_step: Callable[[Step], None] | None = None, margins: bool | None = None
              ) -> Iterator[Chunk | Finished]:
-    """Stream a reply to ``prompt`` (token ids). Each step's timings go to ``costs`` when
-    given. ``verify_hook(batch, logits, emitted)`` is a test hook that sees each verify
-    pass."""
+    """Stream a reply to ``prompt`` (token ids). ``margins``: compute the top-2 logit margin of
+    every greedy decision (default: in fast numerics, to count near ties)."""
     policy = policy or FixedWindow(Drafter(), 0)
     sampling = params.sampling
+    count_ties = (not target.shape.exact) if margins is None else margins
     rng = np.random.default_rng(sampling.seed)
-    stats = MessageStats()
+    stats = MessageStats(numerics=target.shape.mode)
     stream = TextStream(params.stop)
     context = list(prompt)
     output: list[int] = []
@@ -86,33 +97,25 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         if room < 0:
             reason, message = "context", str(ContextFull(target.n_ctx))
             break
-        drafter, k = policy.choose()
         t0 = time.perf_counter()
+        drafter, k = policy.choose()
         draft = drafter.propose(context, min(k, room)) if k > 0 and room > 0 else None
         drafted = draft.tokens if draft else []
         t1 = time.perf_counter()
         n_past = len(target.kv_tokens)
         batch = [context[-1], *drafted]
-        logits = target.verify_pass(batch) if drafted else target.decode(batch, "last")
+        evaluation = target.evaluate(batch, rows=not sampling.greedy,
+                                     margins=count_ties and sampling.greedy)
         if sampling.greedy:
-            accepted, token = verify_greedy(logits.argmax(axis=1), drafted)
+            accepted, token = verify_greedy(evaluation.choices, drafted)
         else:
-            p_rows = [distribution(row, sampling) for row in logits]
+            p_rows = [distribution(row, sampling) for row in evaluation.rows]
             accepted, token = verify_sampling(p_rows, drafted, draft.q_rows if draft else None,
                                               rng)
         target.truncate(n_past + 1 + accepted)
         emitted = [*drafted[:accepted], token]
-        if verify_hook is not None:
-            verify_hook(batch, logits, emitted)
-        t2 = time.perf_counter()
         if drafted:
             drafter.accepted(accepted, len(drafted))
-        step = StepStats(drafter.name if drafted else "none", k, len(drafted), accepted,
-                         t1 - t0, t2 - t1)
-        stats.add(step)
-        if costs is not None:
-            costs.observe(step)
-        policy.observe(step)
 
         pieces: list[tuple[str, str]] = []
         done = False
@@ -129,6 +132,15 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
                 break
             if len(output) >= params.max_tokens:
                 break
+        near_ties = 0
+        if evaluation.margins is not None and len(batch) > 1:
+            near_ties = int((evaluation.margins[:len(emitted)] < target.shape.rounding).sum())
+        step = StepStats(drafter.name if drafted else "none", k, len(drafted), accepted,
+                         t1 - t0, time.perf_counter() - t1, near_ties)
+        stats.add(step)
+        policy.observe(step)
+        if on_step is not None:
+            on_step(Step(step, batch, evaluation.choices, evaluation.margins, emitted))
         stats.tokens = len(output)
         stats.seconds = time.perf_counter() - started
         if pieces:
@@ -144,3 +156,20 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         yield Chunk(tail, stats)
     policy.finish(stats)
     yield Finished(stream.text, reason, stats, output, message)
+
+
+def loop_overhead(model: Model, tokens: int = 24) -> float:
+    """Seconds per step that the decoding loop spends outside llama.cpp (plain steps): wall
+    time of a short generation minus the time inside llama.cpp, per target pass."""
+    prompt = model.tokenize("def fibonacci(n):\n    a, b = 0, 1\n")[:16]
+    model.reset()
+    busy_before, started = model.busy_seconds, time.perf_counter()
+    finished = None
+    for event in generate(model, prompt, GenerationParams(tokens)):
+        finished = event if isinstance(event, Finished) else finished
+    wall = time.perf_counter() - started
+    busy = model.busy_seconds - busy_before
+    model.reset()
+    if finished is None or not finished.stats.target_passes:
+        return 0.0
+    return max(wall - busy, 0.0) / finished.stats.target_passes

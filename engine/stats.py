@@ -13,7 +13,8 @@ class StepStats:
     drafted: int  # tokens actually proposed
     accepted: int
     draft_seconds: float
-    verify_seconds: float
+    pass_seconds: float  # the rest of the step: evaluation, logits, acceptance, rollback, text
+    near_ties: int = 0  # fast numerics: tokens decided by a margin under the rounding difference
 
 
 @dataclass
@@ -23,10 +24,11 @@ class MessageStats:
     accepted: int = 0
     target_passes: int = 0
     draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
+    pass_seconds: float = 0.0
     prompt_tokens: int = 0
     prompt_seconds: float = 0.0
     seconds: float = 0.0  # generation wall time (after the prompt)
+    first_token_seconds: float | None = None  # prompt processing + the first step
     drafted_at: list[int] = field(default_factory=list)  # per draft position
     accepted_at: list[int] = field(default_factory=list)
     drafter: str = "none"
@@ -34,14 +36,20 @@ class MessageStats:
     controller_note: str = ""
     expected_speedup: float | None = None
     ceiling_speedup: float | None = None  # what drafts that are always right would give here
-    plain_tok_per_s: float | None = None  # measured plain rate of this target (calibration)
+    plain_tok_per_s: float | None = None  # plain rate of this target seen lately (estimate)
+    numerics: str = "exact"  # the pass shape's mode (engine.numerics)
+    near_ties: int = 0
 
     def add(self, step: StepStats) -> None:
         self.drafted += step.drafted
         self.accepted += step.accepted
         self.target_passes += 1
         self.draft_seconds += step.draft_seconds
-        self.verify_seconds += step.verify_seconds
+        self.pass_seconds += step.pass_seconds
+        self.near_ties += step.near_ties
+        if self.first_token_seconds is None:
+            self.first_token_seconds = (self.prompt_seconds + step.draft_seconds
+                                        + step.pass_seconds)
         if step.drafted or not self.drafted:  # a budget-limited last step keeps the label
             self.drafter, self.window = step.drafter, step.window
         while len(self.drafted_at) < step.drafted:
@@ -65,8 +73,10 @@ class MessageStats:
 
     @property
     def speedup(self) -> float | None:
-        """Measured rate / measured plain rate of the same target; None when unknown."""
-        if not self.plain_tok_per_s or not self.seconds:
+        """This reply's decoding rate over the plain rate seen lately for the same target: an
+        estimate, not a side-by-side measurement (the bench measures). None when nothing was
+        drafted (then it is plain decoding) or the plain rate is unknown."""
+        if not self.drafted or not self.plain_tok_per_s or not self.seconds:
             return None
         return self.tok_per_s / self.plain_tok_per_s
 
@@ -77,10 +87,14 @@ class MessageStats:
         return data
 
     def summary_line(self) -> str:
-        parts = [f"{self.tokens} tokens", f"{self.tok_per_s:.1f} tok/s"]
+        parts = [f"{self.tokens} tokens", f"{self.tok_per_s:.1f} tok/s decoding"]
+        if self.first_token_seconds is not None:
+            parts.append(f"first token after {self.first_token_seconds:.2f} s")
         if self.acceptance is not None:
             parts.append(f"acceptance {100 * self.acceptance:.0f}%")
         if self.speedup is not None:
-            parts.append(f"{self.speedup:.2f}x vs plain")
+            parts.append(f"≈{self.speedup:.2f}x vs plain (estimate)")
         parts.append(f"drafter {self.drafter}" + (f", window {self.window}" if self.window else ""))
+        if self.numerics == "fast":
+            parts.append(f"fast numerics: {self.near_ties} near-tie tokens may differ")
         return " · ".join(parts)

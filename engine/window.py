@@ -1,7 +1,7 @@
 """Window policies: which drafter runs at each step and how many tokens it drafts.
 
 ``FixedWindow`` always uses one drafter and one k (the benchmark's fixed modes and the UI's
-"fixed window"). The adaptive controller lives in ``engine.controller`` and implements the same
+"fixed window"). The adaptive policy lives in ``engine.adaptive_window`` and implements the same
 five methods.
 """
 

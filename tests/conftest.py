@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,9 +1,10 @@
-"""The cost model and the adaptive controller on synthetic cost curves and acceptance runs."""
+"""The cost model and the adaptive window on synthetic cost curves and acceptance runs."""
 
 from __future__ import annotations
 
-from engine.calibration import Calibration, CostCurve, LiveCosts
-from engine.controller import (
+import dataclasses
+
+from engine.adaptive_window import (
     AcceptanceEstimate,
     AdaptiveController,
     ConfidenceThreshold,
@@ -11,12 +12,14 @@ from engine.controller import (
     ceiling,
     expected_tokens,
 )
+from engine.costs import CostCurve, Costs, LiveCosts
 from engine.drafters.base import Drafter
 from engine.sampling import SamplingParams
 from engine.stats import StepStats
 
-STEEP = CostCurve([0.040 * (1 + 0.7 * (n - 1)) for n in range(1, 17)])  # a 2-core CPU
-FLAT = CostCurve([0.010 * (1 + 0.02 * (n - 1)) for n in range(1, 17)])  # a GPU
+OVERHEAD = 0.0005  # the loop's own time per step
+STEEP = CostCurve([0.040 * (1 + 0.7 * (n - 1)) + OVERHEAD for n in range(1, 17)])  # 2-core CPU
+FLAT = CostCurve([0.010 * (1 + 0.02 * (n - 1)) + OVERHEAD for n in range(1, 17)])  # a GPU
 
 
 class Named(Drafter):
@@ -25,8 +28,8 @@ class Named(Drafter):
 
 
 def controller(curve, draft_cost, prior, names=("draft-model",)):
-    calibration = Calibration(curve, {"draft-model": draft_cost, "ngram": 0.0}, 0.0005, 0)
-    ctl = AdaptiveController([Named(name) for name in names], calibration)
+    costs = Costs(curve, {"draft-model": draft_cost, "ngram": 0.0})
+    ctl = AdaptiveController([Named(name) for name in names], costs)
     ctl.start([1, 2, 3], SamplingParams())
     for name in names:
         ctl.estimates[name].prior = prior
@@ -39,14 +42,14 @@ def test_expected_tokens_formula():
 
 
 def test_long_window_when_verify_is_flat_and_acceptance_high():
-    k, _ = best_window([0.9] * 16, 0.0005, FLAT.verify, 0.0005)
+    k, _ = best_window([0.9] * 16, 0.0005, FLAT.verify)
     assert k >= 8
 
 
 def test_short_or_off_when_verify_is_steep():
-    k, _ = best_window([0.9] * 16, 0.02, STEEP.verify, 0.0005)
+    k, _ = best_window([0.9] * 16, 0.02, STEEP.verify)
     assert k <= 2
-    k, _ = best_window([0.5] * 16, 0.02, STEEP.verify, 0.0005)
+    k, _ = best_window([0.5] * 16, 0.02, STEEP.verify)
     assert k == 0
 
 
@@ -85,13 +88,13 @@ def test_confidence_threshold_fits_between_classes():
 
 
 def test_ceiling_is_the_speedup_of_drafts_always_accepted():
-    plain = 1 / (STEEP.verify(1) + 0.0005)
-    free_draft = ceiling(0.0, STEEP.verify, 0.0005, plain)
-    assert abs(free_draft - max(best_window([1.0] * 16, 0.0, STEEP.verify, 0.0005, k)[1]
+    plain = 1 / STEEP.verify(1)
+    free_draft = ceiling(0.0, STEEP.verify)
+    assert abs(free_draft - max(best_window([1.0] * 16, 0.0, STEEP.verify, k)[1]
                                 for k in range(1, 17)) / plain) < 1e-12
     assert free_draft > 1.2  # a free, always-right draft beats plain even on a steep curve
-    assert ceiling(0.025, STEEP.verify, 0.0005, plain) < 1.0  # a 0.6-cost draft never can
-    assert ceiling(0.0005, FLAT.verify, 0.0005, 1 / (FLAT.verify(1) + 0.0005)) > 5
+    assert ceiling(0.025, STEEP.verify) < 1.0  # a 0.6-cost draft never can
+    assert ceiling(0.0005, FLAT.verify) > 5
 
 
 def test_draft_that_cannot_win_even_when_always_right_is_never_run_nor_probed():
@@ -129,8 +132,7 @@ def test_calibration_measured_under_load_is_replaced(tiny_dir):
     real = session.calibration
     assert real.step_overhead > 0 and real.plain_tok_per_s > 0
     path = calibration_module.cache_path(session.target, {})
-    slow = Calibration(CostCurve([s * 50 for s in real.target.seconds]), real.draft_token_seconds,
-                       real.step_overhead, real.measured_at)
+    slow = dataclasses.replace(real, target=CostCurve([s * 50 for s in real.target.seconds]))
     path.write_text(slow.to_json())
     session.load(LoadRequest(str(tiny_dir / "target.gguf")))
     assert session.calibration.plain_tok_per_s < real.plain_tok_per_s / 10
@@ -166,14 +168,14 @@ def test_pass_times_seen_while_answering_override_a_lucky_calibration():
 def test_live_costs_rescale_the_calibration_where_nothing_was_seen():
     live = LiveCosts()
     for _ in range(LiveCosts.MIN_SAMPLES):  # the machine runs at half the calibrated speed now
-        live.observe(StepStats("none", 0, 0, 0, 0.0, 0.080))
+        live.observe(StepStats("none", 0, 0, 0, 0.0, 2 * STEEP.verify(1)))
     curve = live.curve(STEEP)
-    assert abs(curve.verify(1) - 0.080) < 1e-12
+    assert abs(curve.verify(1) - 2 * STEEP.verify(1)) < 1e-12
     assert abs(curve.verify(4) - 2 * STEEP.verify(4)) < 1e-12
-    calibration = Calibration(STEEP, {"draft-model": 0.02, "ngram": 0.0}, 0.0005, 0)
-    costs = live.apply(calibration)
+    planned = Costs(STEEP, {"draft-model": 0.02, "ngram": 0.0})
+    costs = live.apply(planned)
     # a draft not yet timed keeps its cost relative to the target: the ceiling is unchanged
     assert abs(costs.draft_token_seconds["draft-model"] - 0.04) < 1e-12
     for _ in range(LiveCosts.MIN_SAMPLES):
         live.observe(StepStats("draft-model", 2, 2, 1, 0.05, 0.2))
-    assert live.apply(calibration).draft_token_seconds["draft-model"] == 0.025  # timed
+    assert live.apply(planned).draft_token_seconds["draft-model"] == 0.025  # timed

@@ -19,7 +19,9 @@ from conftest import offline_model
 from helpers import run_to_end
 from test_speculative_tiny import RandomDrafter
 
+from engine import numerics
 from engine.bench import DEFAULT_PROMPTS, load_prompts
+from engine.calibration import probe_numerics
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
 from engine.drafters.universal import UniversalDrafter
@@ -35,6 +37,7 @@ OPTIONS = RuntimeOptions(n_ctx=2048)
 @pytest.fixture(scope="module")
 def target():
     model = Model(offline_model("qwen2.5-coder-1.5b-instruct-q4_k_m"), OPTIONS)
+    model.shape = numerics.choose(probe_numerics(model))  # what the session does at load
     yield model
     model.close()
 
@@ -62,19 +65,18 @@ def prompts(n: int) -> list[dict]:
 def plain_with_gaps(target, tokens, max_tokens):
     gaps = []
 
-    def hook(batch, logits, emitted):
-        top2 = np.partition(logits[0], -2)[-2:]
-        gaps.append(float(top2[1] - top2[0]))
+    def hook(step):
+        gaps.append(float(step.margins[0]))
 
-    result = run_to_end(target, tokens, GenerationParams(max_tokens), verify_hook=hook)
+    result = run_to_end(target, tokens, GenerationParams(max_tokens), on_step=hook, margins=True)
     return result, gaps
 
 
 def self_consistent_hook(failures):
-    def hook(batch, logits, emitted):
-        for i, token in enumerate(emitted):
-            if int(np.argmax(logits[i])) != token:
-                failures.append((len(batch), i, token))
+    def hook(step):
+        for i, token in enumerate(step.emitted):
+            if int(step.choices[i]) != token:
+                failures.append((len(step.batch), i, token))
     return hook
 
 
@@ -85,7 +87,7 @@ def check_pair(target, drafter_factory, rows, max_tokens, tolerance, k=3):
         plain, gaps = plain_with_gaps(target, tokens, max_tokens)
         drafter = drafter_factory(row)
         spec = run_to_end(target, tokens, GenerationParams(max_tokens), FixedWindow(drafter, k),
-                          verify_hook=self_consistent_hook(failures))
+                          on_step=self_consistent_hook(failures))
         accepted += spec.stats.accepted
         drafted += spec.stats.drafted
         if spec.tokens != plain.tokens:

@@ -20,6 +20,10 @@ class Draft:
 
 class Drafter:
     name = "none"
+    # drafters that know their own confidence stop drafting below this (the window policy
+    # fits it) and report the confidence of each proposed token; others ignore both
+    min_confidence: float = 0.0
+    confidences: Sequence[float] = ()
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         """Up to ``k`` tokens likely to follow ``context`` (prompt + everything accepted)."""

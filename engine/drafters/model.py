@@ -30,9 +30,13 @@ def sync_cache(model: Model, tokens: Sequence[int]) -> np.ndarray:
 class ModelDrafter(Drafter):
     name = "draft-model"
 
-    def __init__(self, model: Model, min_confidence: float = 0.0) -> None:
+    def __init__(self, model: Model, min_confidence: float = 0.0,
+                 target_vocab: int | None = None) -> None:
         self.model = model
         self.min_confidence = min_confidence
+        # a native pair may differ in vocabulary size by up to 128 tokens (llama.cpp's rule):
+        # draft only ids the target has, and give q over the target's vocabulary
+        self.target_vocab = target_vocab or model.n_vocab
         self.sampling = SamplingParams()
         self.rng = np.random.default_rng(0)
         self.confidences: list[float] = []  # the draft's own probability of each token
@@ -53,26 +57,28 @@ class ModelDrafter(Drafter):
                      ) -> tuple[list[int], list[np.ndarray] | None]:
         """Draft up to ``k`` tokens (draft ids) from the draft's next-token ``logits``; when
         sampling, also the distribution each was drawn from. ``logit_mask`` (0 or -inf per
-        draft id) restricts sampling to a subset of the vocabulary."""
+        draft id) restricts sampling to a subset of the vocabulary. An end-of-generation token
+        is proposed like any other (the target must get its chance to end the reply there) and
+        ends the draft."""
         tokens: list[int] = []
         q_rows: list[np.ndarray] | None = None if self.sampling.greedy else []
         self.confidences = []
+        shared = min(self.target_vocab, self.model.n_vocab)
         while True:
+            logits = logits[:shared]
             if self.sampling.greedy:
                 token, conf = confidence(logits)
             else:
-                q = distribution(logits if logit_mask is None else logits + logit_mask,
-                                 self.sampling)
+                masked = logits if logit_mask is None else logits + logit_mask[:shared]
+                q = distribution(masked, self.sampling)
                 token = draw(q, self.rng)
                 conf = float(q[token])
+                if shared < self.target_vocab:
+                    q = np.concatenate([q, np.zeros(self.target_vocab - shared)])
                 q_rows.append(q)
-            if self.model.is_eog(token):
-                if q_rows:
-                    q_rows.pop()
-                break
             tokens.append(token)
             self.confidences.append(conf)
-            if len(tokens) >= k or conf < self.min_confidence:
+            if len(tokens) >= k or conf < self.min_confidence or self.model.is_eog(token):
                 break
             try:
                 logits = self.model.decode([token], logits="last")[0]
