@@ -96,12 +96,13 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
                      n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx: int = 4096, noise_from: int | None = None,
                      noise: float = 0.0, logit_scale: float = 6.0,
-                     rows_like: str | None = None) -> Path:
+                     rows_like: str | None = None, chat_template: str = CHAT_TEMPLATE) -> Path:
     """Write a tiny f32 llama GGUF. ``noise_from``/``noise``: start from the weights of
     ``seed=noise_from`` and perturb them, which makes a draft that mostly agrees.
     ``rows_like``: lay out the embedding and output rows as that vocabulary's model would
     (matched by token text), so a model with another vocabulary computes nearly the same
-    function on the tokens both share — a cross-vocabulary draft that mostly agrees."""
+    function on the tokens both share — a cross-vocabulary draft that mostly agrees.
+    ``chat_template``: the Jinja source stored as ``tokenizer.chat_template``."""
     import gguf
 
     tokens, types, merges = vocabulary(vocab)
@@ -146,7 +147,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     writer.add_tensor("token_embd.weight", by_text(tensor(len(reference), n_embd, scale=1.0)))
     for layer in range(n_layer):
