@@ -59,7 +59,8 @@ def test_hostile_files_are_refused_by_the_worker_and_it_stays_usable(engine, tin
         with pytest.raises(TandemError) as refused:
             engine.load(str(path), None)
         assert "not a usable GGUF" in str(refused.value), name
-    assert len(corpus) >= 12
+        assert "PWNED" not in str(refused.value), name
+    assert len(corpus) >= 30
     engine.load(str(tiny_dir / "target.gguf"), None)
     assert list(engine.chat(chat_request()))[-1]["type"] == "done"
 
