@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.security import HostAllowList, scrub_gradio_environment
+from app.security import allowed_hosts, locked_app, scrub_gradio_environment
 
 scrub_gradio_environment()  # before gradio reads its settings at import
 
 import gradio as gr  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
 from app.main import Controller, build  # noqa: E402
 from app.store import Store  # noqa: E402
@@ -35,12 +34,12 @@ def main() -> None:
     controller = Controller(engine, store, args.target, draft)
     demo = build(controller, args.target, draft)
     demo.queue(default_concurrency_limit=1, max_size=64)
-    extra_hosts = [] if args.host in ("0.0.0.0", "::") else [args.host]
-    host_check = [] if not extra_hosts else [Middleware(HostAllowList, extra_hosts=extra_hosts)]
+    # Host and Origin checked on every bind address, before any of Gradio's layers
+    server = locked_app(allowed_hosts(args.host))
     try:
         demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser,
                     share=False, mcp_server=False, ssr_mode=False, strict_cors=True,
-                    app_kwargs={"middleware": host_check}, max_file_size=MAX_UPLOAD_BYTES,
+                    _app=server, max_file_size=MAX_UPLOAD_BYTES,
                     blocked_paths=[str(paths.data_dir())], enable_monitoring=False,
                     theme=gr.themes.Soft(), css=(ASSETS / "tandem.css").read_text(),
                     js=(ASSETS / "tandem.js").read_text(),
