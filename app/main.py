@@ -205,8 +205,16 @@ class Controller:
     def model_choices(self):
         rows = self.engine.known_models()
         rows.sort(key=lambda r: (r["family"], r["size"]))
+
+        def state(r: dict) -> str:  # files added by path were never checked against a hash
+            if not r.get("verified", True):
+                return ", unverified: added by path" if r["installed"] else ", file missing"
+            if r["installed"]:
+                return ""
+            return ", not downloadable: no trusted hash" if r.get("note") else ", not downloaded"
+
         return [(f"{r['family']} · {r['id']} ({r['params']}, {r['size'] / 1e9:.2f} GB"
-                 f"{'' if r['installed'] else ', not downloaded'})", r["id"]) for r in rows]
+                 f"{state(r)})", r["id"]) for r in rows]
 
     def pair_info(self, target, draft):
         """Compatibility and memory fit of a pairing, shown before anything is loaded."""

@@ -59,7 +59,7 @@ def fetch(entry: ModelEntry, progress: sources.Progress | None = None,
         return path
     path.unlink(missing_ok=True)
     sources.fetch(entry, path, progress or sources._no_progress, cancel)
-    _write_marker(path, entry.sha256 or sources.sha256_of(path))
+    _write_marker(path, entry.sha256)  # sources checked the file against this value
     return path
 
 
@@ -68,8 +68,7 @@ def verify(entry: ModelEntry) -> None:
     path = installed_path(entry)
     if not path.is_file():
         raise NotInstalled(entry.id)
-    mark = json.loads(_marker(path).read_text()) if _marker(path).is_file() else {}
-    expected = entry.sha256 or mark.get("sha256")
+    expected = entry.sha256
     actual = sources.sha256_of(path)
     if expected and actual != expected:
         path.unlink()
@@ -106,7 +105,8 @@ def _save_local_entries(entries: dict[str, str]) -> None:
 
 
 def add_local(path: str | Path) -> str:
-    """Register a local GGUF after validating its structure; returns its id."""
+    """Register a local GGUF after validating its structure; returns its id. Its bytes are not
+    checked against any trusted hash: it is listed as unverified."""
     resolved = Path(path).expanduser().resolve()
     validate_gguf(resolved)
     model_id = LOCAL_PREFIX + resolved.stem
@@ -127,6 +127,8 @@ class KnownModel:
     installed: bool
     source: str
     path: Path | None
+    verified: bool = True  # False: a file added by path, no trusted hash checked
+    note: str = ""  # why a catalog entry cannot be downloaded ("" when it can)
 
 
 def known_models() -> list[KnownModel]:
@@ -135,12 +137,13 @@ def known_models() -> list[KnownModel]:
         installed = is_installed(entry)
         kind = "offline default" if entry.offline_default else "hub"
         rows.append(KnownModel(entry.id, entry.family, entry.params, entry.size, installed, kind,
-                               installed_path(entry) if installed else None))
+                               installed_path(entry) if installed else None,
+                               note="" if installed else entry.not_downloadable))
     for model_id, location in _local_entries().items():
         file = Path(location)
         exists = file.is_file()
         rows.append(KnownModel(model_id, "local", "?", file.stat().st_size if exists else 0,
-                               exists, "local file", file))
+                               exists, "local file (unverified)", file, verified=False))
     return rows
 
 
@@ -180,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             print(f"{'id':40} {'family':9} {'params':6} {'size':>9}  {'installed':9}  source")
             for row in known_models():
+                note = f" — {row.note}" if row.note else ""
                 print(f"{row.id:40} {row.family:9} {row.params:6} {row.size / 1e6:8.0f}M  "
-                      f"{'yes' if row.installed else 'no':9}  {row.source}")
+                      f"{'yes' if row.installed else 'no':9}  {row.source}{note}")
         elif args.command in ("fetch", "verify"):
             ids = args.ids or [entry.id for entry in catalog.offline_defaults()]
             for model_id in ids:

