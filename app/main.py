@@ -117,12 +117,11 @@ class Controller:
         messages = self.store.messages(conv) if conv is not None else []
         if not messages:
             return
-        last = messages[-1]
-        if last["role"] == "assistant":
-            self.store.delete_messages_from(conv, last["id"])
+        last = messages[-1]  # an old reply stays stored until its replacement is complete
+        replaces = last["id"] if last["role"] == "assistant" else None
         settings = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, mode=mode,
                         window=window, drafter=drafter)
-        yield from self.stream(conv, settings, show_drafts)
+        yield from self.stream(conv, settings, show_drafts, replaces)
 
     def edit_last(self, conv, show_drafts):
         """Put the last user message back in the box and drop it (and its reply)."""
@@ -133,40 +132,50 @@ class Controller:
         self.store.delete_messages_from(conv, users[-1]["id"])
         return users[-1]["content"], self.history(conv, show_drafts)
 
-    def stream(self, conv: int, settings: dict, show_drafts: bool):
+    def stream(self, conv: int, settings: dict, show_drafts: bool, replaces: int | None = None):
+        """Stream a reply into the store as it comes. ``replaces``: the reply it regenerates,
+        which stays stored until this one is complete (then it is kept as an alternative) and
+        stays the reply if this one never completes."""
         self.loaded.wait()
-        request = self.request(conv, settings)
-        reply_id = self.store.add_message(conv, "assistant", "", complete=False)
+        reply_id = self.store.begin_reply(conv, replaces)
+        request = self.request(conv, settings)  # the new reply is still empty: not sent
         text, pieces_all, points = "", [], []
         last_push = 0.0
         stats: dict = {}
-        for event in self.engine.chat(request):
-            if event["type"] == "chunk":
-                pieces = [tuple(p) for p in event["pieces"]]
-                pieces_all += pieces
-                text += "".join(t for t, _ in pieces)
-                stats = event["stats"]
-                points.append((stats["tokens"], stats["tok_per_s"], stats["window"]))
-                now = time.monotonic()
-                if now - last_push >= THROTTLE_SECONDS:
-                    last_push = now
-                    self.store.update_message(reply_id, text)
-                    yield (self.history(conv, show_drafts, reply_id), render.indicators(stats),
+        ended = False
+        try:
+            for event in self.engine.chat(request):
+                if event["type"] == "chunk":
+                    pieces = [tuple(p) for p in event["pieces"]]
+                    pieces_all += pieces
+                    text += "".join(t for t, _ in pieces)
+                    stats = event["stats"]
+                    points.append((stats["tokens"], stats["tok_per_s"], stats["window"]))
+                    now = time.monotonic()
+                    if now - last_push >= THROTTLE_SECONDS:
+                        last_push = now
+                        self.store.update_message(reply_id, text)
+                        yield (self.history(conv, show_drafts, reply_id), render.indicators(stats),
+                               self.plot(points))
+                elif event["type"] == "done":
+                    stats = event["stats"] | {"draft_spans": render.draft_spans(pieces_all),
+                                              "reason": event["reason"]}
+                    self.store.finish_reply(reply_id, event["text"], stats)
+                    ended = True
+                    note = event.get("message") or ""
+                    yield (self.history(conv, show_drafts), render.indicators(stats, note),
                            self.plot(points))
-            elif event["type"] == "done":
-                stats = event["stats"] | {"draft_spans": render.draft_spans(pieces_all),
-                                          "reason": event["reason"]}
-                self.store.update_message(reply_id, event["text"], stats, complete=True)
-                note = event.get("message") or ""
-                yield (self.history(conv, show_drafts), render.indicators(stats, note),
-                       self.plot(points))
-            else:
-                self.store.update_message(reply_id, text, None, complete=False)
-                message = event["message"]
-                if event.get("crashed"):
-                    message += " Use “Reload models” in the Models tab."
-                yield (self.history(conv, show_drafts), render.indicators(None, message),
-                       self.plot(points))
+                else:
+                    self.store.abandon_reply(reply_id, text)
+                    ended = True
+                    message = event["message"]
+                    if event.get("crashed"):
+                        message += " Use “Reload models” in the Models tab."
+                    yield (self.history(conv, show_drafts), render.indicators(None, message),
+                           self.plot(points))
+        finally:
+            if not ended:  # the page went away mid-reply: keep what was written
+                self.store.abandon_reply(reply_id, text)
 
     @staticmethod
     def plot(points):

@@ -1,5 +1,14 @@
 """Conversations in SQLite (WAL) in the user data directory, written as replies stream so a
-crash or restart loses at most the reply in flight."""
+crash or restart loses nothing but the tokens after the last chunk written.
+
+A regenerated reply never costs the old one: the new reply is a row of its own that stands in
+for the old one only while this process streams it (``begin_reply(replaces=...)``); the old
+reply leaves the conversation only when the new one is stored complete, in one transaction,
+and is kept as an alternative (``alternatives``). A new reply that never completes — the engine
+stopped, the app was killed — is kept as an alternative of the old reply, which stays.
+
+Not for: rendering (``app.render``) or what is sent to the engine (``app.main``).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
+# added after the first release: opened databases gain them (NULL for every older row)
+COLUMNS = {"replaces": "INTEGER", "superseded_by": "INTEGER"}
 
 
 class Store:
@@ -38,6 +49,11 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        for name, kind in COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+        self._streaming: set[int] = set()  # new replies this process is writing
 
     def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -80,11 +96,86 @@ class Store:
         self._run("UPDATE messages SET content=?, stats=?, complete=? WHERE id=?",
                   (content, json.dumps(stats) if stats else None, int(complete), message_id))
 
+    def begin_reply(self, conversation_id: int, replaces: int | None = None) -> int:
+        """A new, empty assistant reply (written as it streams with ``update_message``);
+        ``replaces``: the reply it regenerates, which stays until ``finish_reply``."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO messages(conversation_id, role, content, complete, replaces) "
+                "VALUES (?, 'assistant', '', 0, ?)", (conversation_id, replaces))
+            self._db.execute("UPDATE conversations SET updated=? WHERE id=?",
+                             (time.time(), conversation_id))
+            reply = int(cur.lastrowid)
+            if replaces is not None:
+                self._streaming.add(reply)
+            return reply
+
+    def finish_reply(self, message_id: int, content: str, stats: dict | None) -> None:
+        """Store the reply complete; a regenerated one takes the old one's place, which is
+        kept as an alternative (one transaction: a crash leaves one or the other)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE messages SET content=?, stats=?, complete=1 WHERE id=?",
+                                 (content, json.dumps(stats) if stats else None, message_id))
+                self._db.execute("UPDATE messages SET superseded_by=? WHERE id=(SELECT "
+                                 "replaces FROM messages WHERE id=?)", (message_id, message_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._streaming.discard(message_id)
+
+    def abandon_reply(self, message_id: int, content: str) -> None:
+        """The reply will not complete (the engine stopped): keep its text; a regenerated one
+        becomes an alternative of the reply it was to replace, which stays."""
+        with self._lock:
+            self._db.execute("UPDATE messages SET content=?, complete=0, superseded_by=replaces "
+                             "WHERE id=?", (content, message_id))
+            self._streaming.discard(message_id)
+
     def messages(self, conversation_id: int) -> list[dict]:
-        rows = self._run("SELECT id, role, content, stats, complete FROM messages "
-                         "WHERE conversation_id=? ORDER BY id", (conversation_id,)).fetchall()
-        return [{"id": i, "role": r, "content": c, "stats": json.loads(s) if s else None,
-                 "complete": bool(done)} for i, r, c, s, done in rows]
+        """The conversation as it stands: replaced replies and unfinished regenerations are
+        left out (see ``alternatives``), except the regeneration this process is streaming,
+        which stands in for the reply it regenerates."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, role, content, stats, complete, replaces, superseded_by "
+                "FROM messages WHERE conversation_id=? ORDER BY id",
+                (conversation_id,)).fetchall()
+            streaming = set(self._streaming)
+        hidden = {replaces for i, *_, replaces, _ in rows if i in streaming}
+        out = []
+        for i, role, content, stats, done, replaces, superseded in rows:
+            if superseded is not None or i in hidden:
+                continue
+            if replaces is not None and i not in streaming and not done:
+                continue  # a regeneration that never finished: an alternative
+            out.append({"id": i, "role": role, "content": content,
+                        "stats": json.loads(stats) if stats else None,
+                        "complete": bool(done)})
+        return out
+
+    def alternatives(self, message_id: int) -> list[dict]:
+        """The other versions of a reply (the ones regenerating it replaced, and regenerations
+        that never finished), oldest first; versions are linked through ``replaces``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, content, complete, replaces FROM messages WHERE conversation_id = "
+                "(SELECT conversation_id FROM messages WHERE id=?) AND role='assistant' "
+                "ORDER BY id", (message_id,)).fetchall()
+            streaming = set(self._streaming)
+        parent = {i: replaces for i, _, _, replaces in rows}
+
+        def root(i: int) -> int:
+            while parent.get(i) is not None:
+                i = parent[i]
+            return i
+
+        family = root(message_id)
+        return [{"id": i, "content": c, "complete": bool(done)} for i, c, done, _ in rows
+                if i != message_id and i not in streaming and root(i) == family]
 
     def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
         self._run("DELETE FROM messages WHERE conversation_id=? AND id>=?",

@@ -1,6 +1,8 @@
 """Reliability through the real pieces: the engine worker process (crash, hostile files, too
 big for memory), the session (no state between conversations), and the launched app (clients
-served in turn, cancel frees the engine, the store survives kill -9)."""
+served in turn, cancel frees the engine, the store survives kill -9 with the text of the reply
+in flight kept up to the last chunk written, and a crash of the worker or of the app while a
+reply is regenerated loses neither the old reply nor the new one's text)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import signal
 import sqlite3
 import time
 
+import psutil
 import pytest
 from app_process import running_app
 from gradio_client import Client
 from helpers import message_text
 from test_model_files import hostile_corpus
 
+from app.store import Store
 from engine.errors import DoesNotFit, TandemError
 from engine.facade import EngineClient
 from engine.session import ChatRequest, LoadRequest, Session
@@ -111,6 +115,23 @@ def final_reply(job) -> str:
     return message_text(job.outputs()[-1][1][-1])  # (box, chatbot, …): State is not sent
 
 
+def greedy_reply(tiny_dir, messages: list[dict], max_tokens: int) -> str:
+    """What the app's settings produce for ``messages`` (greedy, so speculation changes
+    nothing), computed in a fresh session."""
+    session = Session()
+    session.load(LoadRequest(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf")))
+    request = ChatRequest(messages, max_tokens=max_tokens, temperature=0.0, mode="fixed",
+                          window=3)
+    done = [e for e in session.chat(request) if e["type"] == "done"][0]["text"]
+    session.close()
+    return done
+
+
+def wait_for_outputs(job, count: int) -> None:
+    while len(job.outputs()) < count and not job.done():
+        time.sleep(0.05)
+
+
 def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir,
                                                                         isolated_home):
     target, draft = tiny_dir / "target.gguf", tiny_dir / "draft.gguf"
@@ -136,10 +157,11 @@ def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir
 
         # kill -9 in the middle of a reply
         doomed = submit(clients[2], "this reply will be cut off", max_tokens=4000)
-        while len(doomed.outputs()) < 3 and not doomed.done():
-            time.sleep(0.05)
+        wait_for_outputs(doomed, 3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        assert not doomed.done() or len(doomed.outputs()) >= 3
+        seen = message_text(doomed.outputs()[-1][1][-1])  # what the user saw last
 
     db = sqlite3.connect(isolated_home / "conversations.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -150,7 +172,82 @@ def test_app_serves_clients_in_turn_cancels_at_once_and_survives_kill_9(tiny_dir
     assert sum(1 for r in rows if r[1] == "user") >= 7
     cut = [r for r in rows if r[1] == "assistant" and not r[2]]
     assert len(cut) == 1 and cut[0][0].startswith("client 2")  # only the reply in flight
+    # its text: everything the user saw, and exactly the reply's own text up to the last chunk
+    # written (greedy: the same reply a fresh session gives for the same conversation)
+    cut_id, conv_id, kept = db.execute("SELECT id, conversation_id, content FROM messages "
+                                       "WHERE role = 'assistant' AND complete = 0").fetchone()
+    history = [{"role": r, "content": c} for r, c in db.execute(
+        "SELECT role, content FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id",
+        (conv_id, cut_id))]
+    assert seen.strip() and kept.lstrip().startswith(seen.strip()), (seen, kept)  # Gradio trims
+    assert greedy_reply(tiny_dir, history, 4000).startswith(kept)
     # and the app starts again on the same data
     with running_app(isolated_home, target, draft) as (url, _):
         assert "/chat" in Client(url, verbose=False).view_api(
             return_format="dict", print_info=False)["named_endpoints"]
+
+
+REGENERATE = dict(temperature=1.0, top_p=1.0, max_tokens=4000, mode="fixed", window=3,
+                  drafter="both", show_drafts=False)
+
+
+def worker_processes(app_pid: int) -> list[psutil.Process]:
+    return [child for child in psutil.Process(app_pid).children(recursive=True)
+            if "engine" in " ".join(child.cmdline()) or "multiprocessing" in
+            " ".join(child.cmdline())]
+
+
+def thread_of(home, title: str) -> list[tuple[str, str, bool]]:
+    store = Store(home / "conversations.sqlite3")
+    conv = next(cid for cid, t in store.list() if t == title)
+    out = [(m["role"], m["content"], m["complete"]) for m in store.messages(conv)]
+    store.close()
+    return out
+
+
+def alternatives_of_last(home, title: str) -> list[dict]:
+    store = Store(home / "conversations.sqlite3")
+    conv = next(cid for cid, t in store.list() if t == title)
+    out = store.alternatives(store.messages(conv)[-1]["id"])
+    store.close()
+    return out
+
+
+def test_a_crash_while_regenerating_loses_neither_reply(tiny_dir, isolated_home):
+    target, draft = tiny_dir / "target.gguf", tiny_dir / "draft.gguf"
+    title = "regenerate me: tell me about the fox"
+    with running_app(isolated_home, target, draft) as (url, proc):
+        client = Client(url, verbose=False)
+        submit(client, title, max_tokens=48).result(timeout=300)
+        before = thread_of(isolated_home, title)
+        assert before[-1][0] == "assistant" and before[-1][2] and before[-1][1]
+
+        # the engine worker dies while the new reply streams
+        job = client.submit(*REGENERATE.values(), api_name="/regenerate")
+        wait_for_outputs(job, 3)
+        workers = worker_processes(proc.pid)
+        assert workers, "no engine worker found"
+        for worker in workers:
+            worker.kill()
+        job.result(timeout=120)
+        assert thread_of(isolated_home, title) == before  # the old reply is still the reply
+        partial = alternatives_of_last(isolated_home, title)
+        assert len(partial) == 1 and partial[0]["content"] and not partial[0]["complete"]
+
+        # the app itself is killed while another new reply streams
+        job = client.submit(*REGENERATE.values(), api_name="/regenerate")
+        wait_for_outputs(job, 3)
+        seen = message_text(job.outputs()[-1][0][-1])  # (chatbot, indicators, plot)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    db = sqlite3.connect(isolated_home / "conversations.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert thread_of(isolated_home, title) == before
+    partials = alternatives_of_last(isolated_home, title)
+    assert len(partials) == 2 and not any(m["complete"] for m in partials)
+    assert seen.strip() and any(m["content"].lstrip().startswith(seen.strip())
+               for m in partials), (seen, partials)
+    with running_app(isolated_home, target, draft) as (url, _):  # and it starts again
+        assert title in Client(url, verbose=False).predict(api_name="/conversations")
+    assert thread_of(isolated_home, title) == before
