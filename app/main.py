@@ -32,9 +32,9 @@ class Controller:
         self._loader = threading.Thread(target=self._load, args=(target, draft), daemon=True)
         self._loader.start()
 
-    def _load(self, target: str, draft: str | None) -> None:
+    def _load(self, target: str, draft: str | None, numerics: str | None = None) -> None:
         try:
-            info = self.engine.load(target, draft)
+            info = self.engine.load(target, draft, **({"numerics": numerics} if numerics else {}))
             self.status = self._describe(info)
         except TandemError as error:
             self.status = f"Could not load the models: {error}"
@@ -49,7 +49,10 @@ class Controller:
     def _describe(info: dict) -> str:
         compat = info.get("compatibility")
         pair = info["target"] + (f" + {info['draft']}" if info.get("draft") else "")
-        return f"Ready: {pair}" + (f" — {compat['label']}" if compat else "")
+        status = f"Ready: {pair}" + (f" — {compat['label']}" if compat else "")
+        if (info.get("numerics") or {}).get("mode") == "fast":
+            status += " — fast numerics: tokens decided by near ties may differ from plain"
+        return status
 
     # ---- conversations ---------------------------------------------------------------
     def conversation_choices(self):
@@ -149,8 +152,9 @@ class Controller:
                     pieces = [tuple(p) for p in event["pieces"]]
                     pieces_all += pieces
                     text += "".join(t for t, _ in pieces)
-                    stats = event["stats"]
-                    points.append((stats["tokens"], stats["tok_per_s"], stats["window"]))
+                    if "stats" in event:  # carried a few times a second, not by every chunk
+                        stats = event["stats"]
+                        points.append((stats["tokens"], stats["seconds"], stats["window"]))
                     now = time.monotonic()
                     if now - last_push >= THROTTLE_SECONDS:
                         last_push = now
@@ -179,36 +183,50 @@ class Controller:
 
     @staticmethod
     def plot(points):
-        rows = [{"tokens": t, "value": v, "series": "tok/s"} for t, v, _ in points]
-        rows += [{"tokens": t, "value": w, "series": "window"} for t, _, w in points]
+        """(tokens, seconds, window) samples -> the decoding rate as it was at each point (not
+        the running average) and the draft window."""
+        rates = render.rate_points(points)
+        rows = [{"tokens": t, "value": v, "series": "tok/s"} for t, v, _ in rates]
+        rows += [{"tokens": t, "value": w, "series": "window"} for t, _, w in rates]
         return pd.DataFrame(rows or [{"tokens": 0, "value": 0.0, "series": "tok/s"}])
 
     def stop(self):
         self.engine.cancel()
 
     def compare(self, conv, max_tokens):
-        """Run the last prompt plain and speculative (greedy), back to back."""
+        """Run the last prompt plain, then with speculation (greedy), back to back, and measure
+        the two side by side. When auto drafts nothing here, say so and compare against a
+        fixed window, which always drafts."""
         messages = self.store.messages(conv) if conv is not None else []
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not users:
             return "Send a message first."
         history = [{"role": m["role"], "content": m["content"]}
                    for m in messages[:users[-1] + 1]]
-        results = {}
-        for label, mode in (("plain", "off"), ("speculative", "auto")):
+
+        def run(mode: str, window: int = 3):
             request = {"messages": history, "max_tokens": int(max_tokens), "temperature": 0.0,
-                       "mode": mode, "drafter": "both"}
-            done = next((e for e in self.engine.chat(request) if e["type"] != "chunk"), None)
+                       "mode": mode, "window": window, "drafter": "both"}
+            return next((e for e in self.engine.chat(request) if e["type"] != "chunk"), None)
+
+        plain, spec = run("off"), run("auto")
+        label, note = "auto", ""
+        if spec is not None and spec["type"] == "done" and not spec["stats"]["drafted"]:
+            note = (" · auto drafted nothing here ("
+                    f"{spec['stats'].get('controller_note') or 'speculation off'}), so the "
+                    "comparison uses a fixed window of 3")
+            label, spec = "fixed window 3", run("fixed")
+        for done in (plain, spec):
             if done is None or done["type"] == "error":
                 return f"Compare failed: {done['message'] if done else 'no reply'}"
-            results[label] = done
-        plain, spec = results["plain"]["stats"], results["speculative"]["stats"]
-        same = results["plain"]["text"] == results["speculative"]["text"]
-        ratio = spec["tok_per_s"] / plain["tok_per_s"] if plain["tok_per_s"] else 0.0
-        return (f"**Plain** {plain['tok_per_s']:.1f} tok/s · **Speculative** "
-                f"{spec['tok_per_s']:.1f} tok/s ({ratio:.2f}×, acceptance "
-                f"{render.percent(spec.get('acceptance'))}) · texts "
-                f"{'identical ✓' if same else 'DIFFER ✗'}")
+        a, b = plain["stats"], spec["stats"]
+        same = plain["text"] == spec["text"]
+        ratio = b["tok_per_s"] / a["tok_per_s"] if a["tok_per_s"] else 0.0
+        return (f"**Plain** {a['tok_per_s']:.1f} tok/s · **Speculative ({label}, drafter "
+                f"{b['drafter']})** {b['tok_per_s']:.1f} tok/s — {ratio:.2f}× measured side by "
+                f"side, acceptance {render.percent(b.get('acceptance'))}, "
+                f"{b['drafted']} tokens drafted · texts "
+                f"{'identical ✓' if same else 'DIFFER ✗'}{note}")
 
     # ---- models and hardware ---------------------------------------------------------
     def model_choices(self):
@@ -250,9 +268,9 @@ class Controller:
             lines.append(f"⚠ {error}")
         return "  \n".join(lines)
 
-    def load_pair(self, target, draft):
+    def load_pair(self, target, draft, numerics="exact"):
         self.loaded.clear()
-        self._load(target, None if draft in (None, "", "none") else draft)
+        self._load(target, None if draft in (None, "", "none") else draft, numerics)
         return self.status
 
     def recommend(self, target):
@@ -346,6 +364,7 @@ class Controller:
             lines.append(f"**In use** {info['threads']} threads · {info['gpu_layers']} GPU "
                          f"layers · context {info['n_ctx']}")
             cal = info.get("calibration")
+            lines.append(render.numerics_line(info.get("numerics"), (cal or {}).get("probe")))
             if cal:
                 lines.append(f"**Plain decoding** {cal['plain_tok_per_s']:.1f} tok/s (measured)")
                 lines.append("**If every draft were accepted** " + ", ".join(
@@ -422,6 +441,12 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
                                          label="Draft model (any family)",
                                          allow_custom_value=True)
             pair_md = gr.Markdown()
+            numerics_pick = gr.Radio(
+                ["exact", "fast"], value="exact", label="Numerics",
+                info="exact: speculation never changes a word (verified in pieces that compute "
+                     "bit-identical logits on this hardware); fast: llama.cpp's kernels as "
+                     "they are — quicker long drafts, but tokens decided by a near tie may "
+                     "differ from plain decoding (each reply counts them)")
             with gr.Row():
                 load_button = gr.Button("Load pair", variant="primary")
                 reload_button = gr.Button("Reload models")
@@ -465,7 +490,8 @@ def build(ctl: Controller, target: str, draft: str | None) -> gr.Blocks:
         delete_button.click(ctl.delete, conv, [conv, chatbot, conversations])
         gr.on([target_pick.change, draft_pick.change], ctl.pair_info, [target_pick, draft_pick],
               pair_md)
-        load_button.click(ctl.load_pair, [target_pick, draft_pick], load_status, **ENGINE)
+        load_button.click(ctl.load_pair, [target_pick, draft_pick, numerics_pick], load_status,
+                          **ENGINE)
         reload_button.click(ctl.reload, None, load_status, **ENGINE)
         recommend_button.click(ctl.recommend, target_pick, recommendation, **ENGINE)
         pickers = [target_pick, draft_pick, manage_pick]

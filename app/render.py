@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+from engine.stats import MessageStats
+
 FENCE = "```"
 
 
@@ -77,13 +79,18 @@ def indicators(stats: dict | None, status: str = "") -> str:
         note = html.escape(status)
         return f'<div class="tdm-indicators"><span class="tdm-note">{note}</span></div>'
     speedup = stats.get("speedup")
+    first = stats.get("first_token_seconds")
     cells = [
         ("acceptance", percent(stats.get("acceptance"))),
-        ("tokens/s", f"{stats.get('tok_per_s', 0):.1f}"),
-        ("speedup", "–" if speedup is None else f"{speedup:.2f}×"),
+        ("tokens/s decoding", f"{stats.get('tok_per_s', 0):.1f}"),
+        ("first token", "–" if first is None else f"{first:.2f} s"),
+        # an estimate against the plain rate seen lately, shown only when something was drafted
+        ("vs plain (est.)", "–" if speedup is None else f"≈{speedup:.2f}×"),
         ("window", str(stats.get("window", 0))),
         ("drafter", html.escape(str(stats.get("drafter", "none")))),
     ]
+    if stats.get("numerics") == "fast":
+        cells.append(("near ties (fast)", str(stats.get("near_ties", 0))))
     body = "".join(f'<div class="tdm-cell"><b>{value}</b><small>{name}</small></div>'
                    for name, value in cells)
     note = stats.get("controller_note") or status
@@ -92,14 +99,23 @@ def indicators(stats: dict | None, status: str = "") -> str:
 
 
 def stats_line(stats: dict) -> str:
-    parts = [f"{stats['tokens']} tokens", f"{stats['tok_per_s']:.1f} tok/s"]
-    if stats.get("acceptance") is not None:
-        parts.append(f"acceptance {percent(stats['acceptance'])}")
-    if stats.get("speedup") is not None:
-        parts.append(f"{stats['speedup']:.2f}× vs plain")
-    parts.append(f"{stats.get('drafter', 'none')}" +
-                 (f", window {stats['window']}" if stats.get("window") else ""))
-    return " · ".join(parts)
+    return MessageStats.from_dict(stats).summary_line()
+
+
+def rate_points(points: list[tuple[int, float, int]], span: int = 8
+                ) -> list[tuple[int, float, int]]:
+    """(tokens, seconds, window) samples of a reply -> (tokens, decoding rate over the last
+    ``span`` tokens, window): the rate as it is at each point, not the running average."""
+    out = []
+    for i, (tokens, seconds, window) in enumerate(points):
+        j = i
+        while j > 0 and tokens - points[j - 1][0] <= span:
+            j -= 1
+        base_tokens, base_seconds = (points[j - 1][0], points[j - 1][1]) if j else (0, 0.0)
+        elapsed = seconds - base_seconds
+        if elapsed > 0:
+            out.append((tokens, (tokens - base_tokens) / elapsed, window))
+    return out
 
 
 def display_message(message: dict, show_drafts: bool, streaming: bool = False) -> dict:
@@ -113,6 +129,24 @@ def display_message(message: dict, show_drafts: bool, streaming: bool = False) -
         elif not message.get("complete", True) and not streaming:
             content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
     return {"role": message["role"], "content": content}
+
+
+def numerics_line(shape: dict | None, probe: dict | None) -> str:
+    """The Hardware tab's line on numerics: the mode in use, which pass sizes compute
+    bit-identical logits here, and what padding plain decoding costs when it is padded."""
+    if not shape:
+        return "**Numerics** not measured yet"
+    line = f"**Numerics** {html.escape(shape['label'])}"
+    if probe:
+        classes = "  ".join("{" + ",".join(map(str, c)) + "}" for c in probe["classes"])
+        line += (f" · bit-identical pass sizes here: {classes} · largest batched vs one-token "
+                 f"logit difference {probe['max_difference']:.2g}")
+        seconds = {int(k): v for k, v in probe["seconds"].items()}
+        rows = shape["plain_rows"]
+        if rows > 1 and seconds.get(1) and seconds.get(rows):
+            line += (f" · padding plain decoding to {rows} rows costs ×"
+                     f"{seconds[rows] / seconds[1]:.2f} of a one-token pass")
+    return line
 
 
 def fit_line(fit: dict) -> str:

@@ -54,11 +54,17 @@ class AcceptanceEstimate:
     prior: float = 0.6
 
     def rate(self, position: int) -> float:
-        t, a = self.tried[position], self.accepted[position]
-        return (a + self.prior * PRIOR_WEIGHT) / (t + PRIOR_WEIGHT)
+        return self.rates()[position]
 
     def rates(self) -> list[float]:
-        return [self.rate(i) for i in range(MAX_WINDOW)]
+        """Per position; a position with little evidence leans on the one before it (its
+        prior is that position's rate), so acceptance seen at short windows carries over to
+        the longer ones never tried yet."""
+        out, prior = [], self.prior
+        for tried, accepted in zip(self.tried, self.accepted):
+            prior = (accepted + prior * PRIOR_WEIGHT) / (tried + PRIOR_WEIGHT)
+            out.append(prior)
+        return out
 
     def observe(self, drafted: int, accepted: int) -> None:
         for i in range(drafted):

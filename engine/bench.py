@@ -1,19 +1,26 @@
 """The benchmark: the measuring stick for every speed claim.
 
     python -m engine.bench --target ID|PATH --draft ID|PATH|ngram|none \\
-        --prompts FILE.jsonl --modes plain,fixed:2,fixed:4,auto --max-tokens 128 \\
-        --temperature 0 --seed 0 --json OUT.json
+        --prompts dev|edits|FILE.jsonl --modes plain,fixed:2,fixed:4,auto --max-tokens 128 \\
+        --numerics exact|fast|exact:N --costs costs/h100-1.5b-llama.json --json OUT.json
 
 Modes run interleaved per prompt (plain, mode A, plain, mode B, …) so machine drift hits all
 alike; each mode's speedup is its rate over the median of the plain runs of the same prompt.
 A fixed mode runs once per drafter available for the pair ("fixed:4/model", "fixed:4/ngram").
 Greedy texts of every mode are compared with plain decoding and divergences are reported.
+
+Also printed: the numerics in use (and, in fast numerics, the tokens decided by a margin under
+the measured rounding difference); the loop's cost per pass size beside llama.cpp's raw time
+for the same pass; the loop's time against the time spent inside llama.cpp; plain decoding
+against llama.cpp's own one-token rate (``--llama-bench PATH`` adds llama-bench tg128 itself);
+with ``--costs``, the speedup each mode's recorded steps would give at another machine's costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -22,11 +29,22 @@ from pathlib import Path
 
 import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
 
-from engine import hardware
+from engine import hardware, parity
+from engine.costs import Costs
+from engine.drafters.universal import UniversalDrafter
+from engine.prompting import prompt_tokens
+from engine.replay import Trace, load_costs, record
 from engine.session import ChatRequest, LoadRequest, Session
+from engine.speculative import Finished, GenerationParams, Step, generate
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_PROMPTS = PROMPTS_DIR / "dev.jsonl"
+
+
+def prompts_file(name: str) -> Path:
+    """A prompt set shipped in ``prompts/`` by name ("dev", "edits"), or any JSONL path."""
+    shipped = PROMPTS_DIR / f"{name}.jsonl"
+    return shipped if shipped.is_file() else Path(name)
 
 
 def load_prompts(path: Path, limit: int | None = None, per_category: int | None = None,
@@ -67,8 +85,11 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
                           temperature=args.temperature, seed=args.seed,
                           mode={"plain": "off"}.get(kind, kind), window=int(window or 0),
                           drafter=drafter)
+    steps: list[Step] = []
+    models = [m for m in (session.target, session.draft) if m is not None]
+    busy_before = sum(m.busy_seconds for m in models)
     done = None
-    for event in session.chat(request):
+    for event in session.chat(request, on_step=steps.append):
         if event["type"] == "done":
             done = event
     assert done is not None
@@ -77,10 +98,40 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
             "drafter": stats["drafter"], "tokens": stats["tokens"], "seconds": stats["seconds"],
             "tok_per_s": stats["tok_per_s"], "drafted": stats["drafted"],
             "accepted": stats["accepted"], "target_passes": stats["target_passes"],
-            "text": done["text"]}
+            "near_ties": stats["near_ties"], "text": done["text"],
+            "loop_seconds": sum(s.stats.draft_seconds + s.stats.pass_seconds for s in steps),
+            "llama_seconds": sum(m.busy_seconds for m in models) - busy_before,
+            "steps": [[s.stats.drafter, s.stats.drafted, s.stats.accepted] for s in steps]}
 
 
-def summarise(runs: list[dict]) -> list[dict]:
+def record_traces(session: Session, prompts: list[dict], max_tokens: int) -> list[Trace]:
+    """For each prompt: the target's greedy reply, and what every drafter of the pair would
+    propose after each prefix of it (``engine.replay``)."""
+    traces = []
+    for prompt in prompts:
+        tokens = prompt_tokens(session.target, prompt["messages"])
+        finished = None
+        for event in generate(session.target, tokens, GenerationParams(max_tokens)):
+            finished = event if isinstance(event, Finished) else finished
+        drafters = {}
+        for drafter in session.drafters().values():
+            if isinstance(drafter, UniversalDrafter):
+                drafter.prepare(prompt["messages"])
+            drafters[drafter.name] = drafter
+        traces.append(record(prompt["id"], prompt["category"], tokens, finished.tokens,
+                             drafters))
+        print(f"{prompt['id']:8} traced {len(finished.tokens)} tokens", file=sys.stderr,
+              flush=True)
+    return traces
+
+
+def projected(run: dict, costs: Costs) -> float:
+    """Seconds this run's steps would take at ``costs`` (the same drafts, the same outcomes)."""
+    return sum(drafted * costs.draft_cost(drafter) + costs.curve.verify(drafted + 1)
+               for drafter, drafted, _ in run["steps"])
+
+
+def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> list[dict]:
     plain: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         if run["mode"] == "plain":
@@ -93,14 +144,21 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (category, label), group in sorted(groups.items()):
         ratios = [r["tok_per_s"] / statistics.median(plain[r["prompt_id"]]) for r in group]
         drafted = sum(r["drafted"] for r in group)
-        summary.append({
+        row = {
             "category": category, "mode": label,
             "tok_per_s": statistics.median(r["tok_per_s"] for r in group),
             "speedup_vs_plain": statistics.median(ratios),
             "acceptance": sum(r["accepted"] for r in group) / drafted if drafted else None,
             "tokens_per_pass": sum(r["tokens"] for r in group)
             / max(sum(r["target_passes"] for r in group), 1),
-        })
+            "near_ties": sum(r.get("near_ties", 0) for r in group),
+        }
+        for name, cost in (projections or {}).items():
+            # plain on that machine: one step per token of the same reply
+            row[f"projected:{name}"] = statistics.median(
+                r["tokens"] * cost.curve.verify(1) / max(projected(r, cost), 1e-12)
+                for r in group)
+        summary.append(row)
     return summary
 
 
@@ -117,13 +175,64 @@ def divergences(runs: list[dict]) -> list[dict]:
 
 
 def print_table(summary: list[dict], out=sys.stdout) -> None:
-    print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}",
-          file=out)
+    projections = sorted({k for row in summary for k in row if k.startswith("projected:")})
+    print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}"
+          + "".join(f" {p.split(':', 1)[1][:18]:>18}" for p in projections), file=out)
     for row in summary:
         acc = "-" if row["acceptance"] is None else f"{100 * row['acceptance']:.0f}%"
+        noise = " (0% accepted: noise)" if row["acceptance"] == 0 else ""
         print(f"{row['category']:10} {row['mode']:18} {row['tok_per_s']:7.1f} "
-              f"{row['speedup_vs_plain']:7.2f}x {acc:>7} {row['tokens_per_pass']:8.2f}",
-              file=out)
+              f"{row['speedup_vs_plain']:7.2f}x {acc:>7} {row['tokens_per_pass']:8.2f}"
+              + "".join(f" {row[p]:17.2f}x" for p in projections) + noise, file=out)
+
+
+def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdout) -> dict:
+    """Numerics, the loop's cost against llama.cpp's, and plain decoding against llama.cpp's
+    own one-token rate; returns the same figures for the JSON report."""
+    cal = session.calibration
+    shape = session.target.shape
+    print(f"\nnumerics: {shape.describe()}", file=out)
+    if cal.probe is not None:
+        print("  bit-identical pass sizes: " + "  ".join(
+            "{" + ",".join(map(str, c)) + "}" for c in cal.probe.classes)
+            + f"; largest batched-vs-one-token logit difference {cal.probe.max_difference:.3g}",
+            file=out)
+    if not shape.exact:
+        ties = sum(r.get("near_ties", 0) for r in runs)
+        print(f"  fast numerics: {ties} tokens were decided by a margin under "
+              f"{shape.rounding:.3g} and may differ from plain decoding", file=out)
+    raw = {n: cal.target.verify(n) for n in range(1, 17)}
+    rows = parity.pass_parity(session.live_costs, raw)
+    print("\nloop cost per pass (everything but drafting) vs llama.cpp's raw time for it:",
+          file=out)
+    for row in rows:
+        print(f"  n={row['n']:<2} loop {1000 * row['loop_seconds']:8.2f} ms   llama.cpp "
+              f"{1000 * row['raw_seconds']:8.2f} ms   x{row['ratio']:.3f}", file=out)
+    loop = sum(r["loop_seconds"] for r in runs)
+    inside = sum(r["llama_seconds"] for r in runs)
+    print(f"all runs: loop time / time inside llama.cpp = {loop / max(inside, 1e-12):.3f}",
+          file=out)
+    verify = session.costs().curve.verify
+    print("step over n tokens / one-token step, as the loop saw it: "
+          + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)), file=out)
+    print("ceiling (every draft accepted) on this machine: " + ", ".join(
+        f"{name} {value:.2f}x" for name, value in session.ceilings().items()), file=out)
+    report = {"numerics": shape.to_dict(), "pass_parity": rows,
+              "loop_over_llama": loop / max(inside, 1e-12)}
+    plain_rates = [r["tok_per_s"] for r in runs if r["mode"] == "plain"]
+    if plain_rates:
+        rate = raw_rate = parity.raw_decode_rate(session.target)
+        print(f"\nplain decoding {statistics.median(plain_rates):.1f} tok/s (median of the plain "
+              f"runs) vs llama.cpp's one-token decode loop {raw_rate:.1f} tok/s: "
+              f"{statistics.median(plain_rates) / raw_rate:.3f}", file=out)
+        report["raw_decode_tok_per_s"] = raw_rate
+        if args.llama_bench:
+            rate = parity.llama_bench_rate(args.llama_bench, session.target)
+            print(f"llama-bench tg128 (same build, {session.target.options.threads()} threads): "
+                  f"{rate:.1f} tok/s; plain / llama-bench = "
+                  f"{statistics.median(plain_rates) / rate:.3f}", file=out)
+            report["llama_bench_tok_per_s"] = rate
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b-instruct-q4_k_m",
                         help="model id or path, 'ngram' or 'none'")
-    parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS)
+    parser.add_argument("--prompts", default="dev",
+                        help="a set in prompts/ by name (dev, edits) or a JSONL file")
     parser.add_argument("--modes", default="plain,fixed:1,fixed:2,fixed:4,fixed:8,auto")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -145,8 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drafters", default=None,
                         help="fixed modes only for these drafters (model,ngram); default both")
     parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--numerics", default=None,
+                        help="exact (default), fast, or exact:N (sets TANDEM_NUMERICS)")
+    parser.add_argument("--costs", nargs="*", type=Path, default=[],
+                        help="cost files (costs/*.json, or a saved calibration): project each "
+                             "mode's recorded steps onto that machine's costs")
+    parser.add_argument("--llama-bench", default=None,
+                        help="path of a llama-bench binary built from the same llama.cpp")
+    parser.add_argument("--traces", type=Path, default=None,
+                        help="instead of timing: record acceptance traces (engine.replay) of "
+                             "the prompts into this JSON file")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.numerics:
+        os.environ["TANDEM_NUMERICS"] = args.numerics
 
     model_draft = args.draft not in ("ngram", "none")
     drafters = (["model", "ngram"] if model_draft else ["ngram"]) if args.draft != "none" else []
@@ -155,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     session = Session()
     info = session.load(LoadRequest(args.target, args.draft if model_draft else None,
                                     n_ctx=args.n_ctx))
-    prompts = load_prompts(args.prompts, args.limit, args.per_category,
+    prompts = load_prompts(prompts_file(args.prompts), args.limit, args.per_category,
                            args.categories.split(",") if args.categories else None)
+    if args.traces:
+        traces = record_traces(session, prompts, args.max_tokens)
+        args.traces.parent.mkdir(parents=True, exist_ok=True)
+        args.traces.write_text(json.dumps([t.to_dict() for t in traces]))
+        session.close()
+        return 0
     modes = expand_modes(args.modes.split(","), drafters)
     runs = []
     for prompt in [p for p in prompts for _ in range(args.repeats)]:
@@ -168,18 +296,17 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 print(f"{prompt['id']:8} {current_label:18} {run['tok_per_s']:6.1f} tok/s "
                       f"acc {run['accepted']}/{run['drafted']}", file=sys.stderr, flush=True)
-    summary = summarise(runs)
+    projections = {path.stem: load_costs(path) for path in args.costs}
+    summary = summarise(runs, projections)
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
     limits = session.ceilings()
-    verify = session.costs().curve.verify
-    print("\npass over n tokens / one token, as seen in this run: "
-          + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)))
-    print("ceiling (every draft accepted) on this machine: "
-          + ", ".join(f"{name} {value:.2f}x" for name, value in limits.items()))
+    machine_report = print_machine_report(session, runs, args)
     if args.temperature == 0:
         print(f"\ngreedy texts differing from plain: {len(diverged)} of "
-              f"{sum(1 for r in runs if r['mode'] != 'plain')} runs", file=sys.stdout)
+              f"{sum(1 for r in runs if r['mode'] != 'plain')} runs "
+              f"({sum(1 for r in runs if r['mode'] != 'plain' and r['drafted'])} of them "
+              "drafted anything)", file=sys.stdout)
         for item in diverged:
             print(f"  {item['prompt_id']} {item['mode']} first differs at char {item['char']}")
     if args.json:
@@ -188,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"machine": machine, "target": args.target, "draft": args.draft,
                   "compatibility": info.get("compatibility"),
                   "calibration": info.get("calibration"), "ceilings": limits, "runs": runs,
-                  "summary": summary, "divergent": diverged}
+                  "summary": summary, "divergent": diverged, **machine_report}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     session.close()

@@ -142,7 +142,8 @@ def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PRO
 
 # ---- costs ------------------------------------------------------------------------------
 def measure_target(model: Model, rounds: int = 3) -> CostCurve:
-    """Median time of a pass over n tokens in the model's pass shape. Each round measures every
+    """Median time llama.cpp takes for a pass over n tokens in the model's pass shape (time
+    inside llama.cpp only: what the loop adds is measured apart). Each round measures every
     batch size once, so a change in the machine's load hits all sizes alike."""
     context = _warm_context(model)
     model.reset()
@@ -152,9 +153,9 @@ def measure_target(model: Model, rounds: int = 3) -> CostCurve:
     for _ in range(rounds):
         for n in BATCH_SIZES:
             model.truncate(base)
-            start = time.perf_counter()
+            busy = model.busy_seconds
             model.evaluate(context[:n])
-            samples[n].append(time.perf_counter() - start)
+            samples[n].append(model.busy_seconds - busy)
     model.reset()
     measured = {n: statistics.median(values) for n, values in samples.items()}
     seconds = []

@@ -10,10 +10,11 @@ Drafter choice: "model" (the draft model), "ngram" (prompt lookup) or "both".
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from engine import compat, models, paths, prompt_type
+from engine import compat, models, numerics, paths, prompt_type
 from engine.adaptive_window import AcceptanceMemory, AdaptiveController, ceiling
 from engine.calibration import Calibration, calibrate
 from engine.costs import Costs, LiveCosts
@@ -25,7 +26,7 @@ from engine.hardware import check_fits
 from engine.prompting import prompt_tokens, stop_strings
 from engine.runtime import Model, RuntimeOptions
 from engine.sampling import SamplingParams
-from engine.speculative import Chunk, GenerationParams, generate, loop_overhead
+from engine.speculative import Chunk, GenerationParams, Step, generate, loop_overhead
 from engine.window import FixedWindow, WindowPolicy
 
 
@@ -50,8 +51,10 @@ class LoadRequest:
     n_ctx: int = 4096
     n_threads: int | None = None
     n_gpu_layers: int | None = None
+    numerics: str | None = None  # exact | fast | exact:N; None: $TANDEM_NUMERICS, else exact
 
 
+STATS_EVERY = 0.05  # seconds between statistics carried by streamed chunks
 RECALIBRATE_ABOVE = 1.2  # observed plain rate / calibrated plain rate that triggers re-measuring
 
 
@@ -85,9 +88,18 @@ class Session:
             else:
                 self._drafters["model"] = UniversalDrafter(self.draft, self.target)
         self.loaded = request
-        self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead)
+        self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
+                                     mode=self._numerics())
         self.live_costs = LiveCosts()
         return self.info()
+
+    def _numerics(self) -> str:
+        requested = self.loaded.numerics if self.loaded is not None else None
+        return requested or numerics.requested_mode()
+
+    def drafters(self) -> dict[str, Drafter]:
+        """The drafters this pair offers, by the names requests use ("ngram", "model")."""
+        return dict(self._drafters)
 
     def _model_drafters(self) -> dict[str, Model]:
         drafter = self._drafters.get("model")
@@ -96,7 +108,7 @@ class Session:
     def recalibrate(self) -> dict:
         assert self.target is not None
         self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
-                                     refresh=True)
+                                     refresh=True, mode=self._numerics())
         self.live_costs = LiveCosts()
         return self.info()
 
@@ -170,9 +182,11 @@ class Session:
                                   AcceptanceMemory(memory_file),
                                   prompt_type.classify(request.messages), live=self.live_costs)
 
-    def chat(self, request: ChatRequest, cancel: threading.Event | None = None
-             ) -> Iterator[dict]:
-        """Stream events: {"type": "chunk", "pieces", "stats"} … then {"type": "done"}."""
+    def chat(self, request: ChatRequest, cancel: threading.Event | None = None,
+             on_step: Callable[[Step], None] | None = None) -> Iterator[dict]:
+        """Stream events: {"type": "chunk", "pieces"[, "stats"]} … then {"type": "done"};
+        chunks carry the statistics at most every ``STATS_EVERY`` seconds.
+        ``on_step`` also sees every step of the loop (in-process callers: the benchmark)."""
         if self.target is None:
             yield {"type": "error", "message": "No model is loaded."}
             return
@@ -187,13 +201,22 @@ class Session:
             # plain decoding's rate as seen in recent replies (the calibration until then)
             costs = self.costs()
             plain_rate = costs.plain_tok_per_s if costs else None
-            for event in generate(self.target, prompt, params, policy, cancel,
-                                  on_step=lambda step: self.live_costs.observe(step.stats)):
+            def report(step: Step) -> None:
+                self.live_costs.observe(step.stats)
+                if on_step is not None:
+                    on_step(step)
+
+            stats_sent = 0.0
+            for event in generate(self.target, prompt, params, policy, cancel, on_step=report):
                 event.stats.plain_tok_per_s = plain_rate
                 if isinstance(event, Chunk):
-                    event.stats.controller_note = policy.note()
-                    yield {"type": "chunk", "pieces": event.pieces,
-                           "stats": event.stats.to_dict()}
+                    chunk = {"type": "chunk", "pieces": event.pieces}
+                    now = time.monotonic()
+                    if now - stats_sent >= STATS_EVERY:  # the UI redraws a few times a second
+                        stats_sent = now
+                        event.stats.controller_note = policy.note()
+                        chunk["stats"] = event.stats.to_dict()
+                    yield chunk
                 else:
                     yield {"type": "done", "text": event.text, "reason": event.reason,
                            "message": event.message, "stats": event.stats.to_dict(),
@@ -209,7 +232,7 @@ class Session:
                 or stats.tok_per_s < RECALIBRATE_ABOVE * self.calibration.plain_tok_per_s):
             return
         self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
-                                     refresh=True)
+                                     refresh=True, mode=self._numerics())
 
 
 def _safe(name: str) -> str:

@@ -3,7 +3,7 @@ boundaries and serialise to JSON as they are."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -79,6 +79,12 @@ class MessageStats:
         if not self.drafted or not self.plain_tok_per_s or not self.seconds:
             return None
         return self.tok_per_s / self.plain_tok_per_s
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MessageStats:
+        """From ``to_dict()`` output (derived and unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -1,4 +1,5 @@
-"""Losslessness on the real offline models (greedy).
+"""Losslessness on the real offline models (greedy), in the pass shape the numerics probe
+chooses at load (``engine.numerics``).
 
 1. Self-consistency: every emitted token is the target's argmax in the pass that verified it.
 2. Against plain decoding: count prompts whose text differs. At a first divergence the plain
@@ -7,6 +8,9 @@
    numerics that difference is 0, so any divergence fails).
 3. Controls: the target as its own draft (everything accepted) and a random drafter
    (everything rejected).
+4. The padded path, as on a GPU: with the class of 4-row passes as the reference, padded plain
+   decoding and verification in pieces agree token for token, while unpadded plain decoding
+   (another class) does not; and the old fast path diverges, at near ties only.
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ def tolerance(target):
     return 2.0 * float(np.abs(batch - single).max())
 
 
-def prompts(n: int) -> list[dict]:
+def prompts(n: int, per_category: int = 1) -> list[dict]:
+    """The first ``n`` dev prompts taking ``per_category`` of each category in turn (every
+    category is covered before any repeats when n <= 7 * per_category)."""
     if not DEFAULT_PROMPTS.is_file():
         pytest.fail(f"benchmark prompts not found at {DEFAULT_PROMPTS}")
-    rows = load_prompts(DEFAULT_PROMPTS, per_category=3)
+    rows = load_prompts(DEFAULT_PROMPTS, per_category=per_category)
     return rows[:n]
 
 
@@ -103,14 +109,14 @@ def check_pair(target, drafter_factory, rows, max_tokens, tolerance, k=3):
     return diverged, accepted / max(drafted, 1)
 
 
-def test_same_family_draft_and_ngram_on_15_prompts(target, tolerance):
+def test_same_family_draft_and_ngram_on_a_prompt_of_every_category(target, tolerance):
     draft = Model(offline_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), OPTIONS)
     try:
-        rows = prompts(15)
-        diverged, acceptance = check_pair(target, lambda row: ModelDrafter(draft), rows, 128,
+        rows = prompts(7)
+        diverged, acceptance = check_pair(target, lambda row: ModelDrafter(draft), rows, 96,
                                           tolerance)
         assert acceptance > 0.5
-        check_pair(target, lambda row: NgramDrafter(), rows[:7], 128, tolerance)
+        check_pair(target, lambda row: NgramDrafter(), rows, 96, tolerance)
     finally:
         draft.close()
     print(json.dumps({"diverged": diverged, "acceptance": acceptance, "tolerance": tolerance}))
@@ -126,7 +132,7 @@ def test_cross_family_drafts_are_lossless(target, tolerance, draft_id):
             drafter.prepare(row["messages"])
             return drafter
 
-        _, acceptance = check_pair(target, factory, prompts(21)[::3], 64, tolerance)
+        _, acceptance = check_pair(target, factory, prompts(7), 64, tolerance)
         assert acceptance > 0.2
     finally:
         draft.close()
@@ -135,7 +141,7 @@ def test_cross_family_drafts_are_lossless(target, tolerance, draft_id):
 def test_controls_on_the_real_target(target, tolerance):
     twin = Model(target.path, OPTIONS)
     try:
-        rows = prompts(6)[::2]
+        rows = prompts(3)
         _, acceptance = check_pair(target, lambda row: ModelDrafter(twin), rows, 48, tolerance,
                                    k=4)
         assert acceptance > 0.97
@@ -144,3 +150,69 @@ def test_controls_on_the_real_target(target, tolerance):
         assert acceptance < 0.05
     finally:
         twin.close()
+
+
+def greedy_text(target, row, max_tokens, drafter=None, k=0, **kwargs):
+    tokens = prompt_tokens(target, row["messages"])
+    policy = FixedWindow(drafter, k) if drafter is not None else None
+    return run_to_end(target, tokens, GenerationParams(max_tokens), policy, **kwargs)
+
+
+@pytest.fixture()
+def padded_target(target):
+    """The target with the class of 4-row passes as the reference, as on a GPU where no batched
+    pass matches the one-token pass: plain decoding padded to that class, verification in
+    pieces from it."""
+    exact = target.shape
+    target.shape = numerics.choose(probe_numerics(target, "exact:4"), "exact:4")
+    yield target
+    target.shape = exact
+
+
+def test_padded_plain_decoding_and_verification_agree_while_unpadded_plain_does_not(
+        padded_target):
+    target = padded_target
+    assert target.shape.plain_rows > 1 and 1 not in target.shape.pieces, target.shape
+    draft = Model(offline_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), OPTIONS)
+    padded_shape, differs = target.shape, 0
+    try:
+        for row in prompts(5):
+            padded = greedy_text(target, row, 64)
+            for drafter, k in ((NgramDrafter(), 3), (ModelDrafter(draft), 4)):
+                spec = greedy_text(target, row, 64, drafter, k)
+                assert spec.tokens == padded.tokens, (row["id"], drafter.name)
+            target.shape = numerics.PassShape()  # one-token passes, unpadded
+            differs += greedy_text(target, row, 64).tokens != padded.tokens
+            target.shape = padded_shape
+    finally:
+        target.shape = padded_shape
+        draft.close()
+    assert differs >= 1  # the negative control: the one-token pass is another class
+
+
+def test_fast_numerics_diverge_at_near_ties_and_count_them(target, tolerance):
+    """The old fast path (verification in one piece, llama.cpp's kernels as they are) changes
+    greedy text here; every change starts at a near tie, and the loop counts near ties."""
+    exact = target.shape
+    probe = probe_numerics(target, "fast")
+    draft = Model(offline_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), OPTIONS)
+    diverged, near_ties = [], 0
+    try:
+        for row in prompts(7):
+            target.shape = exact
+            plain, gaps = plain_with_gaps(target, prompt_tokens(target, row["messages"]), 64)
+            target.shape = numerics.choose(probe, "fast")
+            fast = greedy_text(target, row, 64, ModelDrafter(draft), 8)
+            near_ties += fast.stats.near_ties
+            if fast.tokens != plain.tokens:
+                at = next((i for i, (a, b) in enumerate(zip(plain.tokens, fast.tokens))
+                           if a != b), min(len(plain.tokens), len(fast.tokens)))
+                diverged.append((row["id"], at, gaps[at] if at < len(gaps) else None))
+    finally:
+        target.shape = exact
+        draft.close()
+    assert diverged, "the fast path never diverged: the negative control shows nothing"
+    limit = 2 * probe.max_difference
+    assert all(gap is not None and gap <= limit for _, _, gap in diverged), (diverged, limit)
+    assert near_ties >= len(diverged)
+    print(json.dumps({"fast_diverged": diverged, "near_ties": near_ties}))

@@ -96,18 +96,34 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
                      n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx: int = 4096, noise_from: int | None = None,
                      noise: float = 0.0, logit_scale: float = 6.0,
-                     rows_like: str | None = None, chat_template: str = CHAT_TEMPLATE) -> Path:
+                     rows_like: str | None = None, chat_template: str = CHAT_TEMPLATE,
+                     eos_like: str | None = None, extra_tokens: int = 0,
+                     extra_scale: float = 1.0) -> Path:
     """Write a tiny f32 llama GGUF. ``noise_from``/``noise``: start from the weights of
     ``seed=noise_from`` and perturb them, which makes a draft that mostly agrees.
     ``rows_like``: lay out the embedding and output rows as that vocabulary's model would
     (matched by token text), so a model with another vocabulary computes nearly the same
     function on the tokens both share — a cross-vocabulary draft that mostly agrees.
-    ``chat_template``: the Jinja source stored as ``tokenizer.chat_template``."""
+    ``chat_template``: the Jinja source stored as ``tokenizer.chat_template``.
+    ``eos_like``: give the end token the output row of this token (its logit), so replies end
+    with real probability instead of running to their length. ``extra_tokens``: append that
+    many ordinary tokens to the vocabulary (weights from their own generator, scaled by
+    ``extra_scale``; the other weights stay as without them): native pairs whose vocabulary
+    sizes differ slightly, as Qwen2.5-7B (152,064) and 0.5B (151,936) do."""
     import gguf
 
     tokens, types, merges = vocabulary(vocab)
+    tokens = tokens + [f"<extra_{i}>" for i in range(extra_tokens)]
+    types = types + [1] * extra_tokens
     n_vocab = len(tokens)
-    reference = vocabulary(rows_like)[0] if rows_like else tokens
+    reference = vocabulary(rows_like)[0] if rows_like else tokens[:len(tokens) - extra_tokens]
+    extra_rng = np.random.default_rng(seed + 3000)
+
+    def with_extra(rows: np.ndarray) -> np.ndarray:
+        if not extra_tokens:
+            return rows
+        more = extra_rng.standard_normal((extra_tokens, rows.shape[1])).astype(np.float32)
+        return np.concatenate([rows, more * rows.std() * extra_scale])
 
     def by_text(rows: np.ndarray) -> np.ndarray:
         if rows_like is None:
@@ -116,7 +132,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
         spare = np.random.default_rng(seed + 2000)
         return np.stack([rows[index[t]] if t in index else
                          spare.standard_normal(rows.shape[1]).astype(np.float32) * rows.std()
-                         for t in tokens])
+                         for t in tokens[:len(tokens) - extra_tokens]])
     base_rng = np.random.default_rng(seed if noise_from is None else noise_from)
     noise_rng = np.random.default_rng(seed + 1000)
     head_dim = n_embd // n_head
@@ -149,7 +165,8 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
 
-    writer.add_tensor("token_embd.weight", by_text(tensor(len(reference), n_embd, scale=1.0)))
+    writer.add_tensor("token_embd.weight",
+                      with_extra(by_text(tensor(len(reference), n_embd, scale=1.0))))
     for layer in range(n_layer):
         pre = f"blk.{layer}."
         writer.add_tensor(pre + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
@@ -162,9 +179,12 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
         writer.add_tensor(pre + "ffn_up.weight", tensor(n_ff, n_embd, scale=0.2))
         writer.add_tensor(pre + "ffn_down.weight", tensor(n_embd, n_ff, scale=0.2))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    output = by_text(tensor(len(reference), n_embd, scale=logit_scale / n_embd**0.5))
+    output = with_extra(by_text(tensor(len(reference), n_embd,
+                                       scale=logit_scale / n_embd**0.5)))
     for special in SPECIALS:  # special tokens never win: replies run to their length
         output[tokens.index(special)] = 0.0
+    if eos_like is not None:
+        output[tokens.index("<|im_end|>")] = output[tokens.index(eos_like)]
     writer.add_tensor("output.weight", output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

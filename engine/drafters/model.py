@@ -19,12 +19,16 @@ from engine.runtime import Model, common_prefix
 from engine.sampling import SamplingParams, confidence, distribution, draw
 
 
-def sync_cache(model: Model, tokens: Sequence[int]) -> np.ndarray:
+def sync_cache(model: Model, tokens: Sequence[int]) -> np.ndarray | None:
     """Make ``model``'s cache hold ``tokens`` (reusing the common prefix) and return the
-    logits after the last one."""
+    logits after the last one; None when a new token is one the model's vocabulary lacks (a
+    native pair may differ in size by a few tokens: the target can emit one of those)."""
     keep = min(common_prefix(model.kv_tokens, tokens), len(tokens) - 1)
+    new = list(tokens[keep:])
+    if max(new) >= model.n_vocab:
+        return None
     model.truncate(keep)
-    return model.decode(list(tokens[keep:]), logits="last")[0]
+    return model.decode(new, logits="last")[0]
 
 
 class ModelDrafter(Drafter):
@@ -49,6 +53,8 @@ class ModelDrafter(Drafter):
         try:
             logits = sync_cache(self.model, context)
         except ContextFull:
+            return Draft()
+        if logits is None:
             return Draft()
         tokens, q_rows = self.draft_tokens(logits, k)
         return Draft(tokens, q_rows)

@@ -104,6 +104,8 @@ class UniversalDrafter(ModelDrafter):
             logits = sync_cache(self.model, self.draft_prompt + self.reply_draft)
         except ContextFull:
             return Draft()
+        if logits is None:
+            return Draft()
         if self.sampling.greedy:
             tokens, _ = self.draft_tokens(logits, k)
             return Draft(self._to_target_text(tokens, k))

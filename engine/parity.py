@@ -1,0 +1,58 @@
+"""How Tandem's decoding loop compares with llama.cpp's own time, for the benchmark.
+
+- ``raw_decode_rate``: llama.cpp's one-token decoding rate through the same library, measured
+  with nothing but ``llama_decode`` in the loop (what ``llama-bench`` tg measures);
+- ``llama_bench_rate``: ``llama-bench`` itself (tg128, same model, threads and GPU layers),
+  when the user has built it (``--llama-bench PATH``);
+- ``pass_parity``: per pass size, the loop's measured cost of a step (everything but drafting)
+  beside llama.cpp's raw time for the same pass.
+
+Not for: the decoding loop (``engine.speculative``) or the calibration it plans with.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+
+from engine.costs import LiveCosts
+from engine.runtime import Model
+
+
+def raw_decode_rate(model: Model, tokens: int = 128) -> float:
+    """Tokens per second of one-token ``llama_decode`` calls (logits computed, not read),
+    after a 16-token prefix; the KV cache is left empty."""
+    prefix = model.tokenize("def fibonacci(n):\n    a, b = 0, 1\n" * 2)[:16]
+    model.reset()
+    model.decode(prefix, "none")
+    token = prefix[-1]
+    started = time.perf_counter()
+    for _ in range(tokens):
+        model.decode([token], "last")
+    elapsed = time.perf_counter() - started
+    model.reset()
+    return tokens / elapsed
+
+
+def llama_bench_rate(binary: str, model: Model, tokens: int = 128, repetitions: int = 3
+                     ) -> float:
+    """``llama-bench`` tg<tokens> for ``model`` with the same threads and GPU layers."""
+    command = [binary, "-m", str(model.path), "-p", "0", "-n", str(tokens),
+               "-t", str(model.options.threads()), "-ngl", str(model.options.gpu_layers()),
+               "-r", str(repetitions), "-o", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
+    rows = json.loads(done.stdout)
+    return float(statistics.median(row["avg_ts"] for row in rows if row.get("n_gen")))
+
+
+def pass_parity(live: LiveCosts, raw_seconds: dict[int, float]) -> list[dict]:
+    """For each pass size the loop ran often enough: its step cost, llama.cpp's raw time for
+    that pass, and their ratio."""
+    rows = []
+    for n, loop in live.seen().items():
+        raw = raw_seconds.get(n)
+        if raw:
+            rows.append({"n": n, "loop_seconds": loop, "raw_seconds": raw, "ratio": loop / raw})
+    return rows
