@@ -4,6 +4,7 @@ and refuses a model that is loaded; the pair line warns before loading what will
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -33,8 +34,9 @@ def controller(tiny_dir):
 def hub_entry(tiny_dir, monkeypatch):
     data = (tiny_dir / "target.gguf").read_bytes()
     data += b"\0" * (BIG - len(data))  # trailing bytes after the tensors: still a valid GGUF
-    entry = ModelEntry("test-hub-tiny", "test", "tiny", len(data), None, "test",
-                       HubFile("tandem/tiny-GGUF", "tiny.gguf"))
+    entry = ModelEntry("test-hub-tiny", "test", "tiny", len(data),
+                       hashlib.sha256(data).hexdigest(), "test",
+                       HubFile("tandem/tiny-GGUF", "tiny.gguf", "0" * 40))
     monkeypatch.setattr(catalog, "CATALOG", [*catalog.CATALOG, entry])
     return entry, data
 
