@@ -67,8 +67,9 @@ from dataclasses import dataclass
 from engine.drafters.base import Draft, Drafter
 from engine.sampling import SamplingParams
 
-# transition key = state * _K + token; tokens (separators are negative) stay within ±2**32
-_K = 1 << 33
+# transition key = token * _K + state (0 <= state < _K). The state goes in the low bits: a
+# dict probes from the hash's low bits, so keys that differ only above bit 32 would collide
+_K = 1 << 32
 _INT_BYTES = 32  # one int object (CPython, up to 2**60); dict keys and values are ints
 
 # confidence cells: matched length m (bucket upper bounds) x support c (bucket upper bounds)
@@ -92,8 +93,8 @@ class SuffixAutomaton:
     """Suffix automaton of one growing token text, with occurrence counts per state.
 
     State 0 is the root. ``count[s]``: end positions of the state's strings (occurrences);
-    ``last_end[s]``: the latest of them. Transitions live in one dict (key = state * _K +
-    token → edge id) plus per-state edge lists, so children can be enumerated."""
+    ``last_end[s]``: the latest of them. Transitions live in one dict (key = token * _K +
+    state → edge id) plus per-state edge lists, so children can be enumerated."""
 
     def __init__(self, walk_cap: int = 64) -> None:
         self.walk_cap = max(1, walk_cap)
@@ -124,19 +125,19 @@ class SuffixAutomaton:
         self.edge_child.append(child)
         self.edge_token.append(token)
         self.first_edge[state] = edge
-        self.trans[state * _K + token] = edge
+        self.trans[token * _K + state] = edge
 
     def append(self, token: int) -> None:
         link, length, trans, edge_child = self.link, self.length, self.trans, self.edge_child
         cur = self._state(length[self.last] + 1)
         p = self.last
-        while p != -1 and p * _K + token not in trans:
+        while p != -1 and token * _K + p not in trans:
             self._edge(p, token, cur)
             p = link[p]
         if p == -1:
             link[cur] = 0
         else:
-            q = edge_child[trans[p * _K + token]]
+            q = edge_child[trans[token * _K + p]]
             if length[p] + 1 == length[q]:
                 link[cur] = q
             else:
@@ -149,7 +150,7 @@ class SuffixAutomaton:
                 self.count[clone] = self.count[q]
                 self.last_end[clone] = self.last_end[q]
                 while p != -1:
-                    edge = trans[p * _K + token]
+                    edge = trans[token * _K + p]
                     if edge_child[edge] != q:
                         break
                     edge_child[edge] = clone
@@ -178,7 +179,7 @@ class SuffixAutomaton:
         ``token`` follows a suffix that was at ``state`` with ``matched`` tokens."""
         trans, link, length = self.trans, self.link, self.length
         while True:
-            edge = trans.get(state * _K + token)
+            edge = trans.get(token * _K + state)
             if edge is not None:
                 return self.edge_child[edge], matched + 1
             if state == 0:
@@ -211,20 +212,22 @@ class _Store:
         self.docs: list[tuple[int, array]] = []  # (sequence number, tokens), oldest first
         self.index = SuffixAutomaton(walk_cap)
         self.version = 0
+        self.doc_bytes = 0
 
     def add(self, seq: int, doc: array) -> None:
         self.docs.append((seq, doc))
+        self.doc_bytes += 64 + 4 * len(doc)
         self.index.extend(doc)
         self.index.append(-1 - seq % (1 << 31))  # a separator no text contains
         self.version += 1
 
     def rebuild(self, keep: list[tuple[int, array]]) -> None:
-        self.docs, self.index = [], SuffixAutomaton(self.walk_cap)
+        self.docs, self.index, self.doc_bytes = [], SuffixAutomaton(self.walk_cap), 0
         for seq, doc in keep:
             self.add(seq, doc)
 
     def estimate_bytes(self) -> int:
-        return self.index.estimate_bytes() + sum(64 + 4 * len(doc) for _, doc in self.docs)
+        return self.index.estimate_bytes() + self.doc_bytes
 
     def measured_bytes(self) -> int:
         return (self.index.measured_bytes() + sys.getsizeof(self.docs)
