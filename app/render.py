@@ -9,14 +9,18 @@ from engine.stats import MessageStats
 FENCE = "```"
 
 
-def highlight(text: str, draft_spans: list[list[int]]) -> str:
-    """Wrap characters that came from accepted drafts in <span class="tdm-draft">, except
-    inside code (fences and inline spans), where HTML would show literally."""
+def highlight(text: str, draft_spans: list[list]) -> str:
+    """Wrap characters that came from accepted drafts in <span class="tdm-draft
+    tdm-draft-<drafter>">, except inside code (fences and inline spans), where HTML would show
+    literally. Spans are [start, end] or [start, end, drafter]."""
     if not draft_spans:
         return text
     code = code_mask(text)
     out, cursor = [], 0
-    for start, end in draft_spans:
+    for span in draft_spans:
+        start, end = span[0], span[1]
+        drafter = span[2] if len(span) > 2 else ""
+        classes = "tdm-draft" + (f" tdm-draft-{_css_name(drafter)}" if drafter else "")
         if start < cursor or end <= start:
             continue
         out.append(text[cursor:start])
@@ -27,11 +31,15 @@ def highlight(text: str, draft_spans: list[list[int]]) -> str:
                 if code[run_start] or not segment.strip():
                     out.append(segment)
                 else:
-                    out.append(f'<span class="tdm-draft">{html.escape(segment)}</span>')
+                    out.append(f'<span class="{classes}">{html.escape(segment)}</span>')
                 run_start = i
         cursor = end
     out.append(text[cursor:])
     return "".join(out)
+
+
+def _css_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in name)
 
 
 def code_mask(text: str) -> list[bool]:
@@ -56,16 +64,18 @@ def code_mask(text: str) -> list[bool]:
     return mask
 
 
-def draft_spans(pieces: list[tuple[str, str]], offset: int = 0) -> list[list[int]]:
-    spans: list[list[int]] = []
+def draft_spans(pieces: list[tuple[str, str]], offset: int = 0) -> list[list]:
+    """[start, end, drafter] character spans of text that came from accepted drafts (origin
+    not "target"); neighbours from the same drafter merge."""
+    spans: list[list] = []
     position = offset
     for text, origin in pieces:
         end = position + len(text)
-        if origin == "draft" and text:
-            if spans and spans[-1][1] == position:
+        if origin != "target" and text:
+            if spans and spans[-1][1] == position and spans[-1][2] == origin:
                 spans[-1][1] = end
             else:
-                spans.append([position, end])
+                spans.append([position, end, origin])
         position = end
     return spans
 

@@ -161,7 +161,8 @@ class AcceptanceMemory:
         tmp.replace(self.path)
 
 
-DEFAULT_PRIORS = {"ngram": 0.35, "draft-model": 0.7, "universal": 0.6}
+DEFAULT_PRIORS = {"ngram": 0.35, "suffix": 0.5, "draft-model": 0.7, "universal": 0.6}
+FREE_DRAFTERS = ("ngram", "suffix")  # lookups: no model, and better on text that copies
 
 
 class AdaptiveController(WindowPolicy):
@@ -197,7 +198,7 @@ class AdaptiveController(WindowPolicy):
         for drafter in self.drafters:
             drafter.reset(prompt, sampling)
             default = DEFAULT_PRIORS.get(drafter.name, 0.5)
-            if drafter.name == "ngram" and copy_heavy(self.category):
+            if drafter.name in FREE_DRAFTERS and copy_heavy(self.category):
                 default = 0.8
             prior = self.memory.prior(drafter.name, self.category, default) if self.memory \
                 else default

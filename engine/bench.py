@@ -31,7 +31,6 @@ import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/
 
 from engine import hardware, parity
 from engine.costs import Costs
-from engine.drafters.universal import UniversalDrafter
 from engine.prompting import prompt_tokens
 from engine.replay import Trace, load_costs, record
 from engine.session import ChatRequest, LoadRequest, Session
@@ -115,8 +114,7 @@ def record_traces(session: Session, prompts: list[dict], max_tokens: int) -> lis
             finished = event if isinstance(event, Finished) else finished
         drafters = {}
         for drafter in session.drafters().values():
-            if isinstance(drafter, UniversalDrafter):
-                drafter.prepare(prompt["messages"])
+            drafter.prepare(prompt["messages"])
             drafters[drafter.name] = drafter
         traces.append(record(prompt["id"], prompt["category"], tokens, finished.tokens,
                              drafters))

@@ -134,3 +134,8 @@ def prompt_tokens(model: Model, messages: list[dict], template: str | None = Non
 
 def stop_strings(model: Model) -> tuple[str, ...]:
     return () if model.chat_template else chat_template.FALLBACK_STOPS
+
+
+def system_prompt(messages: list[dict]) -> str:
+    """The conversation's system prompt ("" when it has none)."""
+    return "".join(m["content"] for m in flatten(messages) if m["role"] == "system")

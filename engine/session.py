@@ -4,7 +4,9 @@ Requests and events are plain data (dicts of strings, numbers and lists), so the
 runs inside the worker process behind ``engine.facade`` or directly in the benchmark.
 
 Drafter modes: "auto" (the adaptive controller), "fixed" (window k), "off" (plain decoding).
-Drafter choice: "model" (the draft model), "ngram" (prompt lookup) or "both".
+Drafter choice: "model" (the draft model), "ngram" (prompt lookup), "suffix" (everything
+already said: this conversation, and earlier replies and requests under the same system
+prompt) or "both" (all of them: auto picks per step; a fixed window uses the draft model).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from engine.costs import Costs, LiveCosts
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
+from engine.drafters.suffix import SuffixDrafter, scope_key
 from engine.drafters.universal import UniversalDrafter
 from engine.hardware import check_fits
-from engine.prompting import prompt_tokens, stop_strings
+from engine.prompting import prompt_tokens, stop_strings, system_prompt
 from engine.runtime import Model, RuntimeOptions
 from engine.sampling import SamplingParams
 from engine.speculative import Chunk, GenerationParams, Step, generate, loop_overhead
@@ -40,7 +43,7 @@ class ChatRequest:
     seed: int = 0
     mode: str = "auto"  # auto | fixed | off
     window: int = 3  # for mode "fixed"
-    drafter: str = "both"  # model | ngram | both
+    drafter: str = "both"  # model | ngram | suffix | both (every drafter of the pair)
     stop: list[str] = field(default_factory=list)
 
 
@@ -78,7 +81,7 @@ class Session:
         options = RuntimeOptions(n_ctx=request.n_ctx, n_threads=request.n_threads,
                                  n_gpu_layers=request.n_gpu_layers)
         self.target = Model(target_path, options)
-        self._drafters = {"ngram": NgramDrafter()}
+        self._drafters = {"ngram": NgramDrafter(), "suffix": SuffixDrafter()}
         if draft_path is not None:
             self.draft = Model(draft_path, options)
             self.compatibility = compat.analyse(self.target, self.draft)
@@ -164,12 +167,12 @@ class Session:
 
     # ---- answering -------------------------------------------------------------------
     def policy(self, request: ChatRequest) -> WindowPolicy:
-        wanted = {"model": ["model"], "ngram": ["ngram"], "both": ["ngram", "model"]}
+        wanted = {"model": ["model"], "ngram": ["ngram"], "suffix": ["suffix"],
+                  "both": ["suffix", "ngram", "model"]}
         drafters = [self._drafters[name] for name in wanted.get(request.drafter, [])
                     if name in self._drafters]
         for drafter in drafters:
-            if isinstance(drafter, UniversalDrafter):
-                drafter.prepare(request.messages)
+            drafter.prepare(request.messages)
         if request.mode == "off" or not drafters:
             return FixedWindow(Drafter(), 0)
         if request.mode == "fixed":
@@ -206,6 +209,8 @@ class Session:
                 if on_step is not None:
                     on_step(step)
 
+            suffix = self._drafters["suffix"]
+            suffix.scope(scope_key(system_prompt(request.messages)))
             stats_sent = 0.0
             for event in generate(self.target, prompt, params, policy, cancel, on_step=report):
                 event.stats.plain_tok_per_s = plain_rate
@@ -218,6 +223,10 @@ class Session:
                         chunk["stats"] = event.stats.to_dict()
                     yield chunk
                 else:
+                    # what was said feeds later drafts: other conversations and API calls
+                    # under the same system prompt (bounded, per scope)
+                    suffix.remember(prompt)
+                    suffix.remember(event.tokens)
                     yield {"type": "done", "text": event.text, "reason": event.reason,
                            "message": event.message, "stats": event.stats.to_dict(),
                            "summary": event.stats.summary_line(),

@@ -32,7 +32,9 @@ from engine.window import FixedWindow, WindowPolicy
 
 @dataclass
 class Chunk:
-    """Newly visible text. ``pieces`` are (text, origin) with origin "draft" or "target"."""
+    """Newly visible text. ``pieces`` are (text, origin): origin is the name of the drafter
+    whose accepted token completed the piece ("suffix", "ngram", "draft-model", "universal")
+    or "target" for the target's own tokens."""
 
     pieces: list[tuple[str, str]]
     stats: MessageStats
@@ -125,7 +127,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
                 break
             output.append(tok)
             context.append(tok)
-            origin = "draft" if index < accepted else "target"
+            origin = drafter.name if index < accepted else "target"
             pieces += stream.push(target.token_bytes(tok), origin)
             if stream.stopped:
                 reason, done = "stop", True

@@ -39,6 +39,7 @@ class MessageStats:
     plain_tok_per_s: float | None = None  # plain rate of this target seen lately (estimate)
     numerics: str = "exact"  # the pass shape's mode (engine.numerics)
     near_ties: int = 0
+    accepted_by: dict[str, int] = field(default_factory=dict)  # accepted tokens per drafter
 
     def add(self, step: StepStats) -> None:
         self.drafted += step.drafted
@@ -47,6 +48,8 @@ class MessageStats:
         self.draft_seconds += step.draft_seconds
         self.pass_seconds += step.pass_seconds
         self.near_ties += step.near_ties
+        if step.accepted:
+            self.accepted_by[step.drafter] = self.accepted_by.get(step.drafter, 0) + step.accepted
         if self.first_token_seconds is None:
             self.first_token_seconds = (self.prompt_seconds + step.draft_seconds
                                         + step.pass_seconds)

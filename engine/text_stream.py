@@ -1,8 +1,8 @@
 """Bytes of accepted tokens -> text that is safe to show: complete UTF-8 characters only, and
 never the start of a stop string that may still complete (stop strings can straddle tokens).
 
-Each released piece keeps the origin of the token that completed it ("draft" or "target") so
-the UI can colour accepted draft tokens.
+Each released piece keeps the origin of the token that completed it (the drafter's name, or
+"target") so the UI can colour accepted draft tokens by drafter.
 """
 
 from __future__ import annotations

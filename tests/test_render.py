@@ -7,15 +7,23 @@ from app.render import draft_spans, highlight
 
 def test_highlight_skips_code_fences_and_inline_code():
     text = "Use `len(x)` here.\n```python\nprint(len(x))\n```\nDone now."
-    spans = draft_spans([(text[:6], "draft"), (text[6:9], "draft"), (text[9:30], "target"),
-                         (text[30:45], "draft"), (text[45:], "draft")])
+    spans = draft_spans([(text[:6], "draft-model"), (text[6:9], "draft-model"),
+                         (text[9:30], "target"), (text[30:45], "draft-model"),
+                         (text[45:], "draft-model")])
     shown = highlight(text, spans)
-    assert '<span class="tdm-draft">Use </span>' in shown
+    assert '<span class="tdm-draft tdm-draft-draft-model">Use </span>' in shown
     assert "`len(x)`" in shown  # inline code untouched
     assert "print(len(x))" in shown and "<span" not in shown.split("```")[1]
-    assert shown.endswith('```<span class="tdm-draft">\nDone now.</span>')
+    assert shown.endswith('```<span class="tdm-draft tdm-draft-draft-model">\nDone now.</span>')
 
 
-def test_draft_spans_merge_neighbours():
-    assert draft_spans([("ab", "draft"), ("c", "draft"), ("d", "target"), ("e", "draft")]) == [
-        [0, 3], [4, 5]]
+def test_draft_spans_merge_neighbours_of_one_drafter_and_keep_drafters_apart():
+    pieces = [("ab", "suffix"), ("c", "suffix"), ("d", "target"), ("e", "ngram"), ("f", "suffix")]
+    assert draft_spans(pieces) == [[0, 3, "suffix"], [4, 5, "ngram"], [5, 6, "suffix"]]
+    shown = highlight("abcdef", draft_spans(pieces))
+    assert 'class="tdm-draft tdm-draft-suffix">abc<' in shown
+    assert 'class="tdm-draft tdm-draft-ngram">e<' in shown
+
+
+def test_spans_stored_before_drafters_were_named_still_highlight():
+    assert highlight("abc", [[0, 2]]) == '<span class="tdm-draft">ab</span>c'

@@ -15,6 +15,7 @@ from engine.calibration import probe_numerics
 from engine.drafters.base import Draft, Drafter
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
+from engine.drafters.suffix import SuffixDrafter
 from engine.runtime import Model, RuntimeOptions
 from engine.sampling import SamplingParams
 from engine.speculative import GenerationParams
@@ -75,8 +76,8 @@ def shaped_target(request, tiny_target):
 def test_every_drafter_matches_plain_greedy(shaped_target, tiny_draft, target_copy, prompt, k):
     target = shaped_target
     expected = plain(target, prompt)
-    drafters = [NgramDrafter(), ModelDrafter(tiny_draft), ModelDrafter(target_copy),
-                RandomDrafter(target.n_vocab)]
+    drafters = [NgramDrafter(), SuffixDrafter(), ModelDrafter(tiny_draft),
+                ModelDrafter(target_copy), RandomDrafter(target.n_vocab)]
     for drafter in drafters:
         got = run_to_end(target, target.tokenize(prompt), GenerationParams(48),
                          FixedWindow(drafter, k))
@@ -101,7 +102,7 @@ def test_noisy_draft_is_partly_accepted_and_chunks_carry_origin(tiny_target, tin
                         FixedWindow(ModelDrafter(tiny_draft), 4))
     assert 0.1 < result.stats.acceptance < 1.0
     origins = {origin for chunk in result.chunks for _, origin in chunk.pieces}
-    assert origins == {"draft", "target"}
+    assert origins == {"draft-model", "target"}
     assert "".join(text for chunk in result.chunks for text, _ in chunk.pieces) == result.text
     stats = result.stats
     assert sum(stats.drafted_at) == stats.drafted and sum(stats.accepted_at) == stats.accepted

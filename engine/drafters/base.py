@@ -32,6 +32,10 @@ class Drafter:
     def accepted(self, n_accepted: int, n_drafted: int) -> None:
         """How many of the last proposal the target kept."""
 
+    def prepare(self, messages: list[dict]) -> None:
+        """The conversation about to be answered, as messages (a drafter that reads text in
+        its own format needs them; others ignore them)."""
+
     def reset(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
         """A new reply to ``prompt`` starts, sampled with ``sampling``."""
 

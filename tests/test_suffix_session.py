@@ -1,0 +1,33 @@
+"""The suffix drafter inside a session: what was said before — another conversation or API call
+under the same system prompt — drafts the repeat of it, losslessly; a different system prompt
+is a different store."""
+
+from __future__ import annotations
+
+from engine.session import ChatRequest, LoadRequest, Session
+
+
+def ask(session: Session, system: str, text: str = "for item in items: print(item)") -> dict:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    request = ChatRequest(messages, max_tokens=48, mode="fixed", window=8, drafter="suffix")
+    return [e for e in session.chat(request) if e["type"] == "done"][0]
+
+
+def test_a_repeated_request_is_drafted_from_memory_per_system_prompt(tiny_dir):
+    session = Session()
+    try:
+        session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+        first = ask(session, "You are terse.")
+        again = ask(session, "You are terse.")
+        other = ask(session, "You are verbose.", )
+        plain = [e for e in session.chat(ChatRequest(
+            [{"role": "system", "content": "You are verbose."},
+             {"role": "user", "content": "for item in items: print(item)"}],
+            max_tokens=48, mode="off")) if e["type"] == "done"][0]
+    finally:
+        session.close()
+    assert again["text"] == first["text"] and other["text"] == plain["text"]  # lossless
+    assert again["stats"]["accepted"] >= 0.8 * again["stats"]["tokens"]
+    assert again["stats"]["accepted_by"] == {"suffix": again["stats"]["accepted"]}
+    # under another system prompt only the conversation itself is indexed
+    assert other["stats"]["accepted"] < 0.5 * again["stats"]["accepted"]
