@@ -85,8 +85,6 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
                           mode={"plain": "off"}.get(kind, kind), window=int(window or 0),
                           drafter=drafter)
     steps: list[Step] = []
-    models = [m for m in (session.target, session.draft) if m is not None]
-    busy_before = sum(m.busy_seconds for m in models)
     done = None
     for event in session.chat(request, on_step=steps.append):
         if event["type"] == "done":
@@ -98,8 +96,9 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
             "tok_per_s": stats["tok_per_s"], "drafted": stats["drafted"],
             "accepted": stats["accepted"], "target_passes": stats["target_passes"],
             "near_ties": stats["near_ties"], "text": done["text"],
-            "loop_seconds": sum(s.stats.draft_seconds + s.stats.pass_seconds for s in steps),
-            "llama_seconds": sum(m.busy_seconds for m in models) - busy_before,
+            "pass_seconds": sum(s.stats.pass_seconds for s in steps),
+            "target_seconds": sum(s.stats.target_seconds for s in steps),
+            "draft_seconds": sum(s.stats.draft_seconds for s in steps if s.stats.drafted),
             "steps": [[s.stats.drafter, s.stats.drafted, s.stats.accepted] for s in steps]}
 
 
@@ -149,6 +148,10 @@ def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> 
             "acceptance": sum(r["accepted"] for r in group) / drafted if drafted else None,
             "tokens_per_pass": sum(r["tokens"] for r in group)
             / max(sum(r["target_passes"] for r in group), 1),
+            "accepted_per_pass": sum(r["accepted"] for r in group)
+            / max(sum(r["target_passes"] for r in group), 1),
+            "draft_ms_per_token": 1000 * sum(r.get("draft_seconds", 0.0) for r in group)
+            / drafted if drafted else None,
             "near_ties": sum(r.get("near_ties", 0) for r in group),
         }
         for name, cost in (projections or {}).items():
@@ -175,12 +178,15 @@ def divergences(runs: list[dict]) -> list[dict]:
 def print_table(summary: list[dict], out=sys.stdout) -> None:
     projections = sorted({k for row in summary for k in row if k.startswith("projected:")})
     print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}"
+          f" {'acc/pass':>8} {'draft ms/tok':>12}"
           + "".join(f" {p.split(':', 1)[1][:18]:>18}" for p in projections), file=out)
     for row in summary:
         acc = "-" if row["acceptance"] is None else f"{100 * row['acceptance']:.0f}%"
         noise = " (0% accepted: noise)" if row["acceptance"] == 0 else ""
+        cost = row["draft_ms_per_token"]
         print(f"{row['category']:10} {row['mode']:18} {row['tok_per_s']:7.1f} "
-              f"{row['speedup_vs_plain']:7.2f}x {acc:>7} {row['tokens_per_pass']:8.2f}"
+              f"{row['speedup_vs_plain']:7.2f}x {acc:>7} {row['tokens_per_pass']:8.2f} "
+              f"{row['accepted_per_pass']:8.2f} {'-' if cost is None else f'{cost:.3f}':>12}"
               + "".join(f" {row[p]:17.2f}x" for p in projections) + noise, file=out)
 
 
@@ -206,10 +212,10 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
     for row in rows:
         print(f"  n={row['n']:<2} loop {1000 * row['loop_seconds']:8.2f} ms   llama.cpp "
               f"{1000 * row['raw_seconds']:8.2f} ms   x{row['ratio']:.3f}", file=out)
-    loop = sum(r["loop_seconds"] for r in runs)
-    inside = sum(r["llama_seconds"] for r in runs)
-    print(f"all runs: loop time / time inside llama.cpp = {loop / max(inside, 1e-12):.3f}",
-          file=out)
+    loop = sum(r["pass_seconds"] for r in runs)
+    inside = sum(r["target_seconds"] for r in runs)
+    print("all runs, every step: loop time but drafting / time inside the target's llama.cpp "
+          f"calls = {loop / max(inside, 1e-12):.3f}", file=out)
     verify = session.costs().curve.verify
     print("step over n tokens / one-token step, as the loop saw it: "
           + ", ".join(f"n={n} x{verify(n) / verify(1):.2f}" for n in (2, 3, 4, 8)), file=out)
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b-instruct-q4_k_m",
-                        help="model id or path, 'ngram' or 'none'")
+                        help="model id or path, or 'none' (lookup drafters only)")
     parser.add_argument("--prompts", default="dev",
                         help="a set in prompts/ by name (dev, edits) or a JSONL file")
     parser.add_argument("--modes", default="plain,fixed:1,fixed:2,fixed:4,fixed:8,auto")
@@ -251,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each prompt's interleaved sequence this many times")
     parser.add_argument("--drafters", default=None,
-                        help="fixed modes only for these drafters (model,ngram); default both")
+                        help="fixed modes only for these drafters (model,ngram,suffix); "
+                             "default all")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--numerics", default=None,
                         help="exact (default), fast, or exact:N (sets TANDEM_NUMERICS)")
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TANDEM_NUMERICS"] = args.numerics
 
     model_draft = args.draft not in ("ngram", "none")
-    drafters = (["model", "ngram"] if model_draft else ["ngram"]) if args.draft != "none" else []
+    drafters = ["model", "ngram", "suffix"] if model_draft else ["ngram", "suffix"]
     if args.drafters:
         drafters = [d for d in drafters if d in args.drafters.split(",")]
     session = Session()

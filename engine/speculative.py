@@ -104,7 +104,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         draft = drafter.propose(context, min(k, room)) if k > 0 and room > 0 else None
         drafted = draft.tokens if draft else []
         t1 = time.perf_counter()
-        n_past = len(target.kv_tokens)
+        n_past, busy = len(target.kv_tokens), target.busy_seconds
         batch = [context[-1], *drafted]
         evaluation = target.evaluate(batch, rows=not sampling.greedy,
                                      margins=count_ties and sampling.greedy)
@@ -138,7 +138,8 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         if evaluation.margins is not None and len(batch) > 1:
             near_ties = int((evaluation.margins[:len(emitted)] < target.shape.rounding).sum())
         step = StepStats(drafter.name if drafted else "none", k, len(drafted), accepted,
-                         t1 - t0, time.perf_counter() - t1, near_ties)
+                         t1 - t0, time.perf_counter() - t1, near_ties,
+                         target.busy_seconds - busy)
         stats.add(step)
         policy.observe(step)
         if on_step is not None:
