@@ -7,6 +7,7 @@ prompt). No model; a proposal costs tens of microseconds of Python.
 What this module is not: it does not choose the window nor decide whether to draft at all
 (the window policy does, from costs), and it never changes the output (verification is
 exact). It knows one target vocabulary: a new target needs a new drafter (or ``forget()``).
+Not thread-safe: the engine thread that runs the loop also calls ``remember``.
 
 API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` plus four calls):
 
@@ -19,8 +20,12 @@ API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` pl
   most ``k`` tokens. After each call ``confidences[i]`` is the estimated probability that token
   i is accepted given that tokens < i were (the base class's meaning), ``path_confidences[i]``
   their running product (the probability that tokens 0..i are all accepted) and ``last`` a
-  ``SuffixProposal`` (source, match length, support count, expected accepted tokens).
-- ``accepted(n_accepted, n_drafted)``: learns the acceptance per (match length, support).
+  ``SuffixProposal`` (source, match length, support count, expected accepted tokens). The
+  context and the scope's store are both searched; the draft with more expected accepted
+  tokens wins (counts of the two are not merged).
+- ``accepted(n_accepted, n_drafted)``: learns how often drafts are accepted, per source (one
+  scale for all) and per (match length, support). A policy that verifies only the first j
+  drafted tokens passes ``n_drafted=j``.
 - ``scope(name)``: which cross-conversation store ``propose`` consults (default ``""``);
   ``scope_key(system_prompt)`` makes a name. ``remember(tokens, scope=None)`` adds a finished
   reply or request (target token ids) to a store; ``forget(scope=None)`` drops one or all.
@@ -46,8 +51,8 @@ separators so no match crosses two). Why an automaton and not a suffix tree: it 
 online in O(1) amortised work per appended token (no active point nor moving leaf ends as in
 Ukkonen's tree), it has at most 2n states and 3n transitions, the longest suffix of the text
 that occurred before is simply the suffix link of the last state, matching another text
-(a store) is one transition per token, and each state's occurrence count is exactly "how often
-this continuation followed". Counts are kept online by walking the suffix-link chain of each
+(a store) costs amortised O(1) per token, and each state's occurrence count is exactly "how
+often this continuation followed". Counts are kept online by walking the suffix-link chain of each
 new state (a handful of states in natural text); the walk is capped (``walk_cap``) so a
 degenerate run (one token repeated thousands of times) stays O(cap) per token — counts are
 then lower bounds for the shortest strings. Not done: a tree of alternatives (the counts give
