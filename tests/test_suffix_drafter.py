@@ -279,14 +279,19 @@ def test_a_new_turn_indexes_only_what_is_new():
     turn1 = unique(rng, 300)
     drafter = SuffixDrafter()
     drafter.reset(turn1, None)
+    assert drafter.new_prompt_tokens() == turn1
     index = drafter._context
-    turn2 = turn1 + unique(rng, 40) + turn1[100:120]
+    reply = unique(rng, 30)
+    drafter.propose(turn1 + reply, 4)  # the loop shows the drafter the reply as it grows
+    turn2 = turn1 + reply + unique(rng, 40) + turn1[100:120]
     drafter.reset(turn2, None)
     assert drafter._context is index and index.size == len(turn2)  # extended in place
+    assert drafter.new_prompt_tokens() == turn2[len(turn1) + len(reply):]  # the new turn only
     assert drafter.propose(turn2, 4).tokens == turn1[120:124]
     other = unique(rng, 50)
     drafter.reset(other, None)
     assert drafter._context is not index and drafter._context.size == len(other)
+    assert drafter.new_prompt_tokens() == other
 
 
 def test_cross_conversation_memory_is_shared_within_a_scope_only():

@@ -29,6 +29,11 @@ API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` pl
 - ``scope(name)``: which cross-conversation store ``propose`` consults (default ``""``);
   ``scope_key(system_prompt)`` makes a name. ``remember(tokens, scope=None)`` adds a finished
   reply or request (target token ids) to a store; ``forget(scope=None)`` drops one or all.
+  ``new_prompt_tokens()``: the part of the last ``reset`` prompt that was new to the context
+  index — the new turn when the prompt extended the previous context, else the whole prompt.
+  After a reply, ``remember(new_prompt_tokens())`` and ``remember(reply)`` store each turn
+  once; remembering every whole prompt would store a conversation's history again each turn
+  (quadratic memory, and counts inflated by copies of the same text).
 - ``memory_bytes()``: the measured size of every index and store; the total is kept under
   ``max_bytes`` by evicting the oldest remembered documents (any scope) and, for a context
   larger than half the budget, indexing only its recent part.
@@ -263,6 +268,7 @@ class SuffixDrafter(Drafter):
         self._context = SuffixAutomaton(walk_cap)
         self._text = array("i")  # the context tokens indexed, from context position _base
         self._base = 0
+        self._prompt_new = (0, 0)  # context positions of the last prompt's new tokens
         self._stores: dict[str, _Store] = {}
         self._scope = ""
         self._seq = 0
@@ -280,9 +286,12 @@ class SuffixDrafter(Drafter):
 
     def reset(self, prompt: Sequence[int], sampling: SamplingParams | None = None) -> None:
         n, base = len(self._text), self._base
+        new_from = base + n
         if not (len(prompt) >= base + n and array("i", prompt[base:base + n]) == self._text):
             self._reindex(prompt, len(prompt))
+            new_from = 0
         self._sync(prompt)
+        self._prompt_new = (new_from, len(prompt))
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         self._sync(context)
@@ -342,6 +351,13 @@ class SuffixDrafter(Drafter):
             self._stores.clear()
         else:
             self._stores.pop(scope, None)
+
+    def new_prompt_tokens(self) -> list[int]:
+        """The tokens of the last ``reset`` prompt that the context index did not hold yet."""
+        start, end = self._prompt_new
+        if start < self._base:  # the context index was trimmed since: its oldest part is gone
+            return list(self._text[:end - self._base]) if end > self._base else []
+        return list(self._text[start - self._base:end - self._base])
 
     def memory_bytes(self) -> int:
         """Measured size (sys.getsizeof of every container and int) of all indexes."""
