@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from engine.protocol import FitReport, NumericsInfo, ProbeInfo, Recommendation
 from engine.stats import MessageStats
 
 FENCE = "```"
@@ -108,6 +109,24 @@ def indicators(stats: dict | None, status: str = "") -> str:
             f'<span class="tdm-note">{html.escape(note)}</span></div>')
 
 
+def server_indicators(stats: dict | None, note: str) -> str:
+    """The indicators for a reply from a server backend: what it reported (llama-server's
+    timings), or a plain note that it reports nothing."""
+    if not stats:
+        return indicators(None, note)
+    first = stats.get("first_token_seconds")
+    cells = [("tokens/s (server)", f"{stats.get('tok_per_s', 0):.1f}"),
+             ("tokens", str(stats.get("tokens", 0))),
+             ("first token", "–" if first is None else f"{first:.2f} s")]
+    if stats.get("drafted"):
+        cells += [("acceptance", percent(stats.get("acceptance"))),
+                  ("drafted", str(stats["drafted"]))]
+    body = "".join(f'<div class="tdm-cell"><b>{value}</b><small>{name}</small></div>'
+                   for name, value in cells)
+    return (f'<div class="tdm-indicators">{body}'
+            f'<span class="tdm-note">{html.escape(note)}</span></div>')
+
+
 def stats_line(stats: dict) -> str:
     return MessageStats.from_dict(stats).summary_line()
 
@@ -134,35 +153,36 @@ def display_message(message: dict, show_drafts: bool, streaming: bool = False) -
     if message["role"] == "assistant":
         if show_drafts:
             content = highlight(content, stats.get("draft_spans", []))
-        if stats.get("tokens") is not None:
+        if stats.get("summary") and stats.get("source") == "server":
+            content += f'\n\n<span class="tdm-stats">{html.escape(stats["summary"])}</span>'
+        elif stats.get("tokens") is not None:
             content += f'\n\n<span class="tdm-stats">{html.escape(stats_line(stats))}</span>'
         elif not message.get("complete", True) and not streaming:
             content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
     return {"role": message["role"], "content": content}
 
 
-def numerics_line(shape: dict | None, probe: dict | None) -> str:
+def numerics_line(shape: NumericsInfo | None, probe: ProbeInfo | None) -> str:
     """The Hardware tab's line on numerics: the mode in use, which pass sizes compute
     bit-identical logits here, and what padding plain decoding costs when it is padded."""
     if not shape:
         return "**Numerics** not measured yet"
-    line = f"**Numerics** {html.escape(shape['label'])}"
+    line = f"**Numerics** {html.escape(shape.label)}"
     if probe:
-        classes = "  ".join("{" + ",".join(map(str, c)) + "}" for c in probe["classes"])
+        classes = "  ".join("{" + ",".join(map(str, c)) + "}" for c in probe.classes)
         line += (f" · bit-identical pass sizes here: {classes} · largest batched vs one-token "
-                 f"logit difference {probe['max_difference']:.2g}")
-        seconds = {int(k): v for k, v in probe["seconds"].items()}
-        rows = shape["plain_rows"]
+                 f"logit difference {probe.max_difference:.2g}")
+        seconds, rows = probe.seconds, shape.plain_rows
         if rows > 1 and seconds.get(1) and seconds.get(rows):
             line += (f" · padding plain decoding to {rows} rows costs ×"
                      f"{seconds[rows] / seconds[1]:.2f} of a one-token pass")
     return line
 
 
-def fit_line(fit: dict) -> str:
+def fit_line(fit: FitReport) -> str:
     gib = 1024**3
-    numbers = f"needs ~{fit['needed'] / gib:.1f} GiB, {fit['available'] / gib:.1f} GiB available"
-    if fit["fits"]:
+    numbers = f"needs ~{fit.needed / gib:.1f} GiB, {fit.available / gib:.1f} GiB available"
+    if fit.fits:
         return f"Memory: fits ({numbers})"
     return f"⚠ **Will not fit in memory** ({numbers}): loading will be refused."
 
@@ -174,11 +194,11 @@ def progress_bar(name: str, done: int, total: int) -> str:
             f"({done / 1e6:.0f} of {total / 1e6:.0f} MB)</div>")
 
 
-def recommendation(result: dict) -> str:
+def recommendation(result: Recommendation) -> str:
     rows = ["| draft | compatibility | acceptance | cost vs target | window | expected | "
             "if always right |", "|---|---|---|---|---|---|---|"]
-    for c in result["candidates"]:
-        rows.append(f"| {c['draft']} | {c['compatibility']} | {percent(c['acceptance'])} | "
-                    f"{c['cost_ratio']:.2f} | {c['window']} | {c['expected_speedup']:.2f}× | "
-                    f"{c['ceiling']:.2f}× |")
-    return "\n".join([f"**Recommended:** {result['reason']}", "", *rows])
+    for c in result.candidates:
+        rows.append(f"| {c.draft} | {c.compatibility} | {percent(c.acceptance)} | "
+                    f"{c.cost_ratio:.2f} | {c.window} | {c.expected_speedup:.2f}× | "
+                    f"{c.ceiling:.2f}× |")
+    return "\n".join([f"**Recommended:** {result.reason}", "", *rows])

@@ -82,3 +82,88 @@ class EngineCrashed(TandemError):
             + (f" ({detail})" if detail else "")
             + ". Your conversation is safe; reload the models to continue."
         )
+
+
+class InvalidRequest(TandemError):
+    """A request whose fields are missing, of the wrong type or out of range."""
+
+    def __init__(self, message: str, param: str = "") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NoModelLoaded(TandemError):
+    def __init__(self) -> None:
+        super().__init__("No model is loaded. Load a model pair in the Models tab first.")
+
+
+class ContextTooLong(TandemError):
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            f"The prompt is {prompt_tokens} tokens but the model's context window is {n_ctx} "
+            "tokens, so there is no room for a reply. Shorten the messages or start a new "
+            "conversation."
+        )
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+
+
+class QueueFull(TandemError):
+    def __init__(self, waiting: int, retry_after: int) -> None:
+        super().__init__(
+            f"Tandem is busy: {waiting} requests are already waiting for the engine. "
+            f"Try again in about {retry_after} s."
+        )
+        self.waiting = waiting
+        self.retry_after = retry_after
+
+
+class ModelInUse(TandemError):
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"{model_id} is loaded; load another pair before removing it.")
+        self.model_id = model_id
+
+
+class ModelSwitched(TandemError):
+    def __init__(self, wanted: str, loaded: str) -> None:
+        super().__init__(
+            f"The request asked for '{wanted}' but '{loaded}' was loaded meanwhile (by another "
+            "request or the app). Send it again."
+        )
+        self.wanted = wanted
+        self.loaded = loaded
+
+
+class ServerUnavailable(TandemError):
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"Could not reach the server at {url} ({detail}). Check the URL in the Models "
+            "tab and that the server is running; your conversation is safe."
+        )
+        self.url = url
+
+
+class ServerTimeout(TandemError):
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(
+            f"The server at {url} sent nothing for {seconds:g} s, so Tandem stopped waiting. "
+            "Your conversation is safe; try again or check the server."
+        )
+        self.url = url
+
+
+class ServerRefused(TandemError):
+    def __init__(self, url: str, status: int, detail: str) -> None:
+        super().__init__(f"The server at {url} refused the request (HTTP {status}): {detail}")
+        self.url = url
+        self.status = status
+
+
+class ServerGarbage(TandemError):
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"The server at {url} answered something that is not an OpenAI-compatible chat "
+            f"reply ({detail}). Check that the URL points at its /v1 API; your conversation "
+            "is safe."
+        )
+        self.url = url

@@ -65,13 +65,13 @@ from test_templates import HOSTILE_TEMPLATES
 from test_web_lockdown import request, state_changing_requests, websocket_status
 from tiny_models import write_tiny_model
 
+from engine import protocol as p
 from engine.errors import TandemError
 from engine.facade import EngineClient
 from engine.prompting import prompt_tokens
 from engine.runtime import Model
 
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
-        "temperature": 0.0, "mode": "off"}
+CHAT = p.ChatRequest((p.Message("user", "hello"),), max_tokens=8, temperature=0.0, mode="off")
 
 
 @dataclass
@@ -111,11 +111,11 @@ def expect(condition: bool, message: str) -> None:
 
 # ---- the worker ----------------------------------------------------------------------------
 def worker_answers(engine: EngineClient, good: Path, pid: int) -> str:
-    engine.load(str(good), None)
+    engine.load(p.LoadRequest(str(good)))
     done = list(engine.chat(CHAT))[-1]
-    expect(done["type"] == "done" and done["stats"]["tokens"] > 0, f"no reply: {done}")
-    expect(engine._proc.pid == pid, "the worker was restarted: it had died")
-    return f"same worker (pid {pid}) answered {done['stats']['tokens']} tokens"
+    expect(isinstance(done, p.Done) and done.stats.tokens > 0, f"no reply: {done}")
+    expect(engine.worker_pid == pid, "the worker was restarted: it had died")
+    return f"same worker (pid {pid}) answered {done.stats.tokens} tokens"
 
 
 def hostile_files(engine: EngineClient, folder: Path, good: Path) -> None:
@@ -124,15 +124,15 @@ def hostile_files(engine: EngineClient, folder: Path, good: Path) -> None:
     at = tensor_offset_position(valid, "blk.0.attn_q.weight")
     for label, offset in (("tensor-outside-file", 2**40), ("tensor-overlap", 0)):
         corpus[label] = valid[:at] + struct.pack("<Q", offset) + valid[at + 8:]
-    engine.load(str(good), None)
-    pid = engine._proc.pid
+    engine.load(p.LoadRequest(str(good)))
+    pid = engine.worker_pid
     for name, data in corpus.items():
         path = folder / f"{name}.gguf"
         path.write_bytes(data)
 
         def check(path: Path = path) -> str:
             try:
-                engine.load(str(path), None)
+                engine.load(p.LoadRequest(str(path)))
             except TandemError as error:
                 message = str(error)
                 expect("not a usable GGUF" in message, message)
@@ -145,20 +145,20 @@ def hostile_files(engine: EngineClient, folder: Path, good: Path) -> None:
 
 
 def hostile_templates(engine: EngineClient, folder: Path, good: Path) -> None:
-    engine.load(str(good), None)
-    pid = engine._proc.pid
+    engine.load(p.LoadRequest(str(good)))
+    pid = engine.worker_pid
     for name, source in HOSTILE_TEMPLATES.items():
         path = write_tiny_model(folder / f"template-{name}.gguf", chat_template=source)
 
         def check(path: Path = path) -> str:
-            engine.load(str(path), None)
+            engine.load(p.LoadRequest(str(path)))
             started = time.monotonic()
             last = list(engine.chat(CHAT))[-1]
             seconds = time.monotonic() - started
-            expect(last["type"] == "error" and not last.get("crashed"), f"not refused: {last}")
-            expect("chat template was refused" in last["message"], last["message"])
-            expect(engine._proc.pid == pid, "the worker died")
-            return f"{last['message'].split('refused: ', 1)[-1][:60]} ({seconds:.1f} s)"
+            expect(isinstance(last, p.Failed) and not last.crashed, f"not refused: {last}")
+            expect("chat template was refused" in last.message, last.message)
+            expect(engine.worker_pid == pid, "the worker died")
+            return f"{last.message.split('refused: ', 1)[-1][:60]} ({seconds:.1f} s)"
         attempt("hostile template", name, "refused", check)
     attempt("hostile template", f"worker after {len(HOSTILE_TEMPLATES)} templates", "survived",
             lambda: worker_answers(engine, good, pid))

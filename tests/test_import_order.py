@@ -38,19 +38,19 @@ def test_a_process_that_imported_numpy_first_loads_and_runs_a_model_through_the_
     code = f"""
 import numpy  # first, as a user's script or a notebook would
 import sys
+from engine import protocol as p
 from engine.facade import EngineClient
 client = EngineClient()
-client.load(sys.argv[1], None)
-events = list(client.chat({{"messages": [{{"role": "user", "content": "hi"}}],
-                            "max_tokens": 8}}))
-info = client.call("info")
+client.load(p.LoadRequest(sys.argv[1]))
+events = list(client.chat(p.ChatRequest((p.Message("user", "hi"),), max_tokens=8)))
+info = client.info()
 client.close()
-print("RESULT", events[-1]["type"], events[-1]["stats"]["tokens"], info["native_libraries_first"])
+print("RESULT", type(events[-1]).__name__, events[-1].stats.tokens, info.native_libraries_first)
 {ORDER}"""
     done = run_python(code, str(tiny_dir / "target.gguf"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
-    assert result.split()[1:] == ["done", "8", "True"]  # the worker loaded llama.cpp first
+    assert result.split()[1:] == ["Done", "8", "True"]  # the worker loaded llama.cpp first
     order = json.loads(done.stdout.strip().splitlines()[-1])
     assert order["llama"] is None  # this process never loaded llama.cpp itself
 

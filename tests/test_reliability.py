@@ -20,6 +20,7 @@ from helpers import message_text
 from test_model_files import hostile_corpus
 
 from app.store import Store
+from engine import protocol as p
 from engine.errors import DoesNotFit, TandemError
 from engine.facade import EngineClient
 from engine.session import ChatRequest, LoadRequest, Session
@@ -27,8 +28,9 @@ from engine.session import ChatRequest, LoadRequest, Session
 MESSAGES = [{"role": "user", "content": "Tell me about the quick brown fox."}]
 
 
-def chat_request(max_tokens: int = 24, **extra) -> dict:
-    return {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0.0, **extra}
+def chat_request(max_tokens: int = 24, **extra) -> p.ChatRequest:
+    return p.ChatRequest(tuple(p.Message(**m) for m in MESSAGES), max_tokens=max_tokens,
+                         temperature=0.0, **extra)
 
 
 @pytest.fixture()
@@ -39,18 +41,18 @@ def engine():
 
 
 def test_worker_killed_mid_reply_is_reported_then_recovered(engine, tiny_dir):
-    engine.load(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf"))
-    events = engine.chat(chat_request(max_tokens=4000, mode="fixed", window=3))
-    first = next(events)
-    assert first["type"] == "chunk"
-    os.kill(engine._proc.pid, signal.SIGKILL)  # what the OOM killer or a segfault does
+    engine.load(p.LoadRequest(str(tiny_dir / "target.gguf"), str(tiny_dir / "draft.gguf")))
+    events = iter(engine.chat(chat_request(max_tokens=4000, mode="fixed", window=3)))
+    assert isinstance(next(events), p.Started)
+    assert isinstance(next(events), p.Chunk)
+    os.kill(engine.worker_pid, signal.SIGKILL)  # what the OOM killer or a segfault does
     rest = list(events)
-    assert rest[-1]["type"] == "error" and rest[-1]["crashed"]
-    assert "stopped unexpectedly" in rest[-1]["message"]
+    assert isinstance(rest[-1], p.Failed) and rest[-1].crashed
+    assert "stopped unexpectedly" in rest[-1].message
     # the next request starts a fresh worker that reloads the same pair by itself
     done = list(engine.chat(chat_request()))[-1]
-    assert done["type"] == "done" and done["stats"]["tokens"] > 0
-    assert engine.call("info")["target"] == str(tiny_dir / "target.gguf")
+    assert isinstance(done, p.Done) and done.stats.tokens > 0
+    assert engine.info().target == str(tiny_dir / "target.gguf")
 
 
 def test_hostile_files_are_refused_by_the_worker_and_it_stays_usable(engine, tiny_dir,
@@ -61,12 +63,12 @@ def test_hostile_files_are_refused_by_the_worker_and_it_stays_usable(engine, tin
         path = tmp_path / f"{name}.gguf"
         path.write_bytes(data)
         with pytest.raises(TandemError) as refused:
-            engine.load(str(path), None)
+            engine.load(p.LoadRequest(str(path)))
         assert "not a usable GGUF" in str(refused.value), name
         assert "PWNED" not in str(refused.value), name
     assert len(corpus) >= 30
-    engine.load(str(tiny_dir / "target.gguf"), None)
-    assert list(engine.chat(chat_request()))[-1]["type"] == "done"
+    engine.load(p.LoadRequest(str(tiny_dir / "target.gguf")))
+    assert isinstance(list(engine.chat(chat_request()))[-1], p.Done)
 
 
 def test_pair_too_big_for_memory_is_refused_before_loading(tiny_dir, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from tiny_models import CHAT_TEMPLATE, write_tiny_model
 
 from engine import chat_template
+from engine import protocol as p
 from engine.errors import TemplateRefused
 from engine.facade import EngineClient
 
@@ -71,24 +72,24 @@ def hostile_files(tmp_path_factory):
 
 def test_worker_refuses_hostile_templates_and_keeps_answering(hostile_files):
     files, good = hostile_files
+    request = p.ChatRequest(tuple(p.Message(**m) for m in MESSAGES), max_tokens=8,
+                            temperature=0.0, mode="off")
     engine = EngineClient()
     try:
         pid = None
         for name in ("nested-loops", "huge-output", "deep-recursion", "exponential-recursion",
                      "repeat-operator", "doubling-string"):
-            engine.load(str(files[name]), None)
-            pid = pid or engine._proc.pid
+            engine.load(p.LoadRequest(str(files[name])))
+            pid = pid or engine.worker_pid
             started = time.monotonic()
-            events = list(engine.chat({"messages": MESSAGES, "max_tokens": 8,
-                                       "temperature": 0.0, "mode": "off"}))
-            assert events[-1]["type"] == "error", name
-            assert "chat template was refused" in events[-1]["message"], name
-            assert not events[-1].get("crashed"), name
+            events = list(engine.chat(request))
+            assert isinstance(events[-1], p.Failed), name
+            assert "chat template was refused" in events[-1].message, name
+            assert not events[-1].crashed, name
             assert time.monotonic() - started < chat_template.MAX_SECONDS * 3 + 5, name
-        engine.load(str(good), None)
-        done = list(engine.chat({"messages": MESSAGES, "max_tokens": 8, "temperature": 0.0,
-                                 "mode": "off"}))[-1]
-        assert done["type"] == "done" and done["stats"]["tokens"] > 0
-        assert engine._proc.pid == pid  # the same worker throughout: it never died
+        engine.load(p.LoadRequest(str(good)))
+        done = list(engine.chat(request))[-1]
+        assert isinstance(done, p.Done) and done.stats.tokens > 0
+        assert engine.worker_pid == pid  # the same worker throughout: it never died
     finally:
         engine.close()

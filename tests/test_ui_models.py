@@ -14,6 +14,7 @@ from local_servers import hub
 from app.main import Controller
 from app.store import Store
 from engine import catalog, models, paths
+from engine import protocol as p
 from engine.catalog import HubFile, ModelEntry
 from engine.facade import EngineClient
 
@@ -82,12 +83,11 @@ def test_hardware_tab_shows_costs_seen_while_answering(controller):
     markdown, frame = controller.hardware()
     assert "target pass, seen while answering" not in set(frame["series"])
     assert "If every draft were accepted" in markdown and "ngram" in markdown
-    request = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 24,
-               "mode": "off"}
+    request = p.ChatRequest((p.Message("user", "hello"),), max_tokens=24, mode="off")
     got_done = []
     # a consumer that stops reading at the final event (as any() does) must not hang the engine
     reader = threading.Thread(daemon=True, target=lambda: got_done.append(
-        any(event["type"] == "done" for event in controller.engine.chat(request))))
+        any(isinstance(event, p.Done) for event in controller.engine.chat(request))))
     reader.start()
     reader.join(60)
     assert not reader.is_alive() and got_done == [True]
