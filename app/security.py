@@ -16,7 +16,8 @@ pages, reads and the Gradio API), so no input is parsed for a refused one:
   the app's own page, or a top-level navigation to it, is refused — so another page cannot
   embed the app or its API in a ``<script>``, ``<img>`` or frame either (those carry no Origin).
 
-Not for: authentication (there is none; the server is loopback-only unless the user asks).
+Not for: authentication: the page has none (loopback only unless the user asks); the /v1 API
+checks its bearer key (``app.api_keys``) after these checks.
 """
 
 from __future__ import annotations
