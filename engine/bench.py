@@ -85,6 +85,8 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
                           mode={"plain": "off"}.get(kind, kind), window=int(window or 0),
                           drafter=drafter)
     steps: list[Step] = []
+    if not args.keep_memory:  # else a run would draft the reply the plain run just gave
+        session.drafters()["suffix"].forget()
     done = None
     for event in session.chat(request, on_step=steps.append):
         if event["type"] == "done":
@@ -267,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                              "mode's recorded steps onto that machine's costs")
     parser.add_argument("--llama-bench", default=None,
                         help="path of a llama-bench binary built from the same llama.cpp")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="let the suffix drafter remember earlier runs (repeated requests, "
+                             "as an agent re-sending a conversation); default: forget each run")
     parser.add_argument("--traces", type=Path, default=None,
                         help="instead of timing: record acceptance traces (engine.replay) of "
                              "the prompts into this JSON file")

@@ -70,6 +70,8 @@ def record(prompt_id: str, category: str, prompt: Sequence[int], reply: Sequence
             proposed.append(len(draft.tokens))
             matched.append(matching(draft.tokens, reply[i:]))
             confidences.append([round(float(c), 3) for c in drafter.confidences])
+            if draft.tokens:  # it learns as in the loop, as if every proposal were verified
+                drafter.accepted(matched[-1], proposed[-1])
         trace.proposed[name], trace.matched[name] = proposed, matched
         if any(confidences):
             trace.confidences[name] = confidences

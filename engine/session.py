@@ -211,6 +211,8 @@ class Session:
 
             suffix = self._drafters["suffix"]
             suffix.scope(scope_key(system_prompt(request.messages)))
+            suffix.reset(prompt, params.sampling)  # indexes this turn, drafting with it or not
+            new_turn = suffix.new_prompt_tokens()
             stats_sent = 0.0
             for event in generate(self.target, prompt, params, policy, cancel, on_step=report):
                 event.stats.plain_tok_per_s = plain_rate
@@ -225,7 +227,7 @@ class Session:
                 else:
                     # what was said feeds later drafts: other conversations and API calls
                     # under the same system prompt (bounded, per scope)
-                    suffix.remember(prompt)
+                    suffix.remember(new_turn)  # each turn once, not the whole history
                     suffix.remember(event.tokens)
                     yield {"type": "done", "text": event.text, "reason": event.reason,
                            "message": event.message, "stats": event.stats.to_dict(),
