@@ -41,6 +41,7 @@ MAX_WINDOW = 16
 MARGIN = 0.05  # speculation must promise at least 5% to run
 PROBE_EVERY = 12  # steps between probes while speculation is off, doubling while they fail
 MAX_PROBE_EVERY = 96
+PROBE_BUDGET = 0.02  # failed probes may cost at most this share of the time
 DECAY = 0.92  # weight of older observations per new one
 PRIOR_WEIGHT = 2.0
 
@@ -224,13 +225,14 @@ class AdaptiveController(WindowPolicy):
         self.expected_speedup = speed / plain_speed
         if drafter is None or self.expected_speedup < 1.0 + self.margin:
             self._off_steps += 1
-            if self._off_steps >= self._probe_every and candidates:
+            # probe with the cheapest drafter: a draft model's probe would first have to catch
+            # its cache up with everything generated since it last ran
+            probe = min(candidates, key=self._draft_cost) if candidates else None
+            if probe is not None and self._off_steps >= self._probe_interval(probe, step_cost):
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
-                # probe with the cheapest drafter: a draft model's probe would first have to
-                # catch its cache up with everything generated since it last ran
-                probe = min(candidates, key=self._draft_cost)
                 self.reason = "probing"
+                probe.min_confidence = probe.min_path_confidence = 0.0
                 self._current = (probe, 1)
                 return self._current
             self.reason = self._off_reason(candidates)
@@ -238,10 +240,21 @@ class AdaptiveController(WindowPolicy):
             return self._current
         self._probe_every = PROBE_EVERY
         drafter.min_confidence = self.thresholds[drafter.name].value
+        # one more drafted token pays when its chance of being reached and accepted covers
+        # what it adds to the step, in plain steps
+        drafter.min_path_confidence = (step_cost(k + 1) - step_cost(k)
+                                       + self._draft_cost(drafter)) / step_cost(1)
         self.reason = (f"{drafter.name}, window {k}: expected {self.expected_speedup:.2f}x "
                        "vs plain")
         self._current = (drafter, k)
         return self._current
+
+    def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float]) -> float:
+        """Steps between probes: the backing-off schedule, but never so often that failed
+        probes cost more than ``PROBE_BUDGET`` of the time (a probe's extra cost over a plain
+        step, against that many plain steps)."""
+        extra = step_cost(2) + self._draft_cost(probe) - step_cost(1)
+        return max(self._probe_every, extra / (PROBE_BUDGET * step_cost(1)))
 
     def _off_reason(self, candidates: list[Drafter]) -> str:
         if not self.drafters:

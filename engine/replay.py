@@ -36,6 +36,7 @@ class Trace:
     proposed: dict[str, list[int]]  # drafter -> tokens it proposes at each position
     matched: dict[str, list[int]]  # drafter -> how many of them match the reply
     confidences: dict[str, list[list[float]]] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)  # drafter -> its confidence_rule
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +64,8 @@ def record(prompt_id: str, category: str, prompt: Sequence[int], reply: Sequence
     trace = Trace(prompt_id, category, list(reply), {}, {})
     for name, drafter in drafters.items():
         drafter.reset(prompt, sampling)
-        drafter.min_confidence = 0.0
+        drafter.min_confidence = drafter.min_path_confidence = 0.0  # record whole proposals
+        trace.rules[name] = drafter.confidence_rule
         proposed, matched, confidences = [], [], []
         for i in range(len(reply)):
             draft = drafter.propose([*prompt, *reply[:i]], TRACE_WINDOW)
@@ -89,9 +91,14 @@ class _Replayed(Drafter):
         n = min(k, self.trace.proposed[self.name][self.position])
         table = self.trace.confidences.get(self.name)
         own = table[self.position] if table else []
-        if own:  # a draft model stops once its confidence falls below the threshold
-            stop = next((i + 1 for i, c in enumerate(own[:n]) if c < self.min_confidence), n)
-            n = min(n, stop)
+        if own:  # stop where the drafter would have, under the policy's thresholds
+            before = self.trace.rules.get(self.name) == "stop-before"
+            path = 1.0
+            for i, c in enumerate(own[:n]):
+                path *= c
+                if c < self.min_confidence or (before and path < self.min_path_confidence):
+                    n = i if before else i + 1
+                    break
         self.confidences = list(own[:n])
         self.hits = min(n, self.trace.matched[self.name][self.position])
         return Draft([0] * n)

@@ -24,6 +24,12 @@ class Drafter:
     # fits it) and report the confidence of each proposed token; others ignore both
     min_confidence: float = 0.0
     confidences: Sequence[float] = ()
+    # drafters that estimate the chance their whole draft is accepted stop once it falls below
+    # this (the window policy sets it from what one more drafted token costs)
+    min_path_confidence: float = 0.0
+    # "keep-last": the token under min_confidence is proposed, then drafting stops (a draft
+    # model, as llama.cpp's p_min); "stop-before": it is not proposed
+    confidence_rule = "keep-last"
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         """Up to ``k`` tokens likely to follow ``context`` (prompt + everything accepted)."""

@@ -256,6 +256,7 @@ class SuffixProposal:
 
 class SuffixDrafter(Drafter):
     name = "suffix"
+    confidence_rule = "stop-before"
 
     def __init__(self, max_bytes: int = 64 * 2**20, min_match: int = 2,
                  min_path_confidence: float = 0.5, min_confidence: float = 0.0,
