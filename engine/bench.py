@@ -157,10 +157,10 @@ def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> 
             "near_ties": sum(r.get("near_ties", 0) for r in group),
         }
         for name, cost in (projections or {}).items():
-            # plain on that machine: one step per token of the same reply
+            # plain on that machine: one step per token emitted (the end token included)
             row[f"projected:{name}"] = statistics.median(
-                r["tokens"] * cost.curve.verify(1) / max(projected(r, cost), 1e-12)
-                for r in group)
+                sum(accepted + 1 for _, _, accepted in r["steps"]) * cost.curve.verify(1)
+                / max(projected(r, cost), 1e-12) for r in group)
         summary.append(row)
     return summary
 

@@ -84,13 +84,11 @@ class LiveCosts:
 
     def curve(self, planned: CostCurve) -> CostCurve:
         """Observed step times where known; elsewhere the planned time mapped through the
-        observed ones (piecewise linear in planned cost, extended past the ends with the
-        nearest segment's slope): a 2-token pass seen twice as dear as planned makes the
-        longer, unseen ones dearer too."""
+        observed ones (piecewise linear in planned cost, and past the ends along the line
+        through the first and last seen points): a 2-token pass seen twice as dear as
+        planned makes the longer, unseen ones dearer too."""
         seen = self.seen()
         points = sorted((planned.verify(n), median) for n, median in seen.items())
-        if len(points) == 1:
-            points.insert(0, (0.0, 0.0))  # one size seen: a plain rescaling
         return CostCurve([seen[n] if n in seen else _through(points, planned.verify(n))
                           for n in range(1, MAX_BATCH + 1)])
 
@@ -109,12 +107,17 @@ class LiveCosts:
 
 
 def _through(points: list[tuple[float, float]], x: float) -> float:
-    """y at x on the polyline through ``points`` (sorted by x), extended at both ends."""
+    """y at x on the polyline through ``points`` (sorted by x); outside them, the line through
+    the first and last points (one point: proportional). Not the end segment's own slope: a
+    noisy last segment would make long, unseen passes look nearly free."""
     if not points:
         return x
-    if len(points) == 1:
-        return points[0][1]
-    segment = next((i for i in range(1, len(points) - 1) if x <= points[i][0]),
-                   len(points) - 1)
+    (first_x, first_y), (last_x, last_y) = points[0], points[-1]
+    if len(points) == 1 or last_x == first_x:
+        return last_y * x / last_x if last_x > 0 else last_y
+    if x <= first_x or x >= last_x:
+        slope = (last_y - first_y) / (last_x - first_x)
+        return last_y + (x - last_x) * slope
+    segment = next(i for i in range(1, len(points)) if x <= points[i][0])
     (x0, y0), (x1, y1) = points[segment - 1], points[segment]
     return y1 if x1 == x0 else y0 + (x - x0) * (y1 - y0) / (x1 - x0)

@@ -38,6 +38,8 @@ class FixedWindow(WindowPolicy):
 
     def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
         self.drafter.reset(prompt, sampling)
+        # a fixed window drafts k tokens where the drafter has them: no confidence cut-off
+        self.drafter.min_confidence = self.drafter.min_path_confidence = 0.0
 
     def choose(self) -> tuple[Drafter, int]:
         return self.drafter, self.k
