@@ -159,7 +159,9 @@ def display_message(message: dict, show_drafts: bool, streaming: bool = False) -
             content += f'\n\n<span class="tdm-stats">{html.escape(stats_line(stats))}</span>'
         elif not message.get("complete", True) and not streaming:
             content += '\n\n<span class="tdm-stats">(reply interrupted)</span>'
-    return {"role": message["role"], "content": content}
+    # a text block, not a plain string: Gradio runs inspect.cleandoc over plain strings
+    # (tabs to spaces, common indentation and leading blank lines removed)
+    return {"role": message["role"], "content": [{"type": "text", "text": content}]}
 
 
 def numerics_line(shape: NumericsInfo | None, probe: ProbeInfo | None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.render import draft_spans, highlight
+from app.render import display_message, draft_spans, highlight
 
 
 def test_highlight_skips_code_fences_and_inline_code():
@@ -27,3 +27,17 @@ def test_draft_spans_merge_neighbours_of_one_drafter_and_keep_drafters_apart():
 
 def test_spans_stored_before_drafters_were_named_still_highlight():
     assert highlight("abc", [[0, 2]]) == '<span class="tdm-draft">ab</span>c'
+
+
+def test_the_chatbot_shows_a_reply_byte_for_byte():
+    # Gradio runs inspect.cleandoc over plain-string messages: tabs become spaces (a Makefile
+    # or Go reply copied from the page breaks) and the common indentation of every line after
+    # the first is removed, as are leading blank lines
+    import gradio as gr
+
+    reply = "\nHere it is:\n    all: build\n\tgo build ./...\n    done  "
+    for message in ({"role": "assistant", "content": reply, "stats": {}},
+                    {"role": "user", "content": reply}):
+        shown = gr.Chatbot().postprocess([display_message(message, show_drafts=False)])
+        [block] = shown.root[0].content
+        assert block.text == reply
