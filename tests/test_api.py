@@ -22,11 +22,13 @@ import httpx
 import openai
 import pytest
 from app_process import running_app
+from tiny_models import write_tiny_model
 
 from app.store import Store
 from engine.session import ChatRequest, LoadRequest, Session
 
 TARGET, DRAFT, SMALL, HUGE = "local:target", "local:draft", "local:small-ctx", "local:huge"
+SLOW = "local:slow"
 SYSTEM_CHAT = [{"role": "system", "content": "You are terse. Answer about foxes."},
                {"role": "user", "content": "Tell me about the quick brown fox."},
                {"role": "assistant", "content": "It jumps over the lazy dog."},
@@ -75,14 +77,14 @@ def app(shared_home):
         yield App(url, proc, shared_home)
 
 
-def wait_ready(url: str, home: Path) -> None:
+def wait_ready(url: str, home: Path, model: str = TARGET) -> None:
     """Until the first load (with calibration) is done: a reply comes back."""
     key = (home / "api-key.txt").read_text().strip()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         response = httpx.post(url + "v1/chat/completions", timeout=300,
                               headers={"Authorization": f"Bearer {key}"},
-                              json={"model": TARGET, "max_tokens": 1,
+                              json={"model": model, "max_tokens": 1,
                                     "messages": [{"role": "user", "content": "hi"}]})
         if response.status_code == 200:
             return
@@ -376,18 +378,28 @@ def test_an_installed_model_is_loaded_on_request_and_a_long_prompt_is_refused(ap
         "target"
 
 
-def test_a_full_queue_answers_429_with_retry_after(shared_home):
-    with running_app(shared_home, TARGET, None, extra_env={"TANDEM_API_QUEUE": "0"}) as (
+def test_a_full_queue_answers_429_with_retry_after(shared_home, tmp_path):
+    # a target slow enough that its reply is still being generated when the second request
+    # comes (the tiny target writes 4000 tokens in well under a second on a fast machine, and
+    # a streamed reply is generated at the engine's pace, not the reader's)
+    slow = write_tiny_model(tmp_path / "slow.gguf", "a", seed=0, n_embd=512, n_layer=8,
+                            n_head=8, n_head_kv=4, n_ff=2048)
+    listed = json.loads((shared_home / "local_models.json").read_text())
+    (shared_home / "local_models.json").write_text(json.dumps({**listed, SLOW: str(slow)}))
+    with running_app(shared_home, slow, None, extra_env={"TANDEM_API_QUEUE": "0"}) as (
             url, proc):
-        wait_ready(url, shared_home)
+        wait_ready(url, shared_home, SLOW)
         busy = App(url, proc, shared_home)
         with httpx.Client(timeout=120) as http:
             with http.stream("POST", busy.base + "/chat/completions",
                              headers={"Authorization": f"Bearer {busy.key}"},
-                             json={"model": TARGET, "messages": SYSTEM_CHAT, "max_tokens": 4000,
-                                   "temperature": 0, "stream": True}) as running:
-                next(line for line in running.iter_lines() if '"content": "' in line)
-                refused = busy.post({"model": TARGET, "max_tokens": 2,
+                             json={"model": SLOW, "messages": SYSTEM_CHAT, "max_tokens": 4000,
+                                   "temperature": 0, "stream": True,
+                                   "speculation": "off"}) as running:
+                lines = running.iter_lines()
+                next(line for line in lines if '"content": "' in line)  # the role chunk
+                next(line for line in lines if '"content": "' in line)  # the first token
+                refused = busy.post({"model": SLOW, "max_tokens": 2,
                                      "messages": [{"role": "user", "content": "hi"}]})
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
