@@ -1,0 +1,202 @@
+"""What the HTTP API costs: tokens/s a streaming client sees through Tandem's OpenAI-compatible
+API against the engine's own rate for the same requests.
+
+    python -m engine.api_bench --target ID|PATH --draft ID|PATH|none --prompts dev \\
+        --per-category 1 --max-tokens 128 --modes off,auto --json OUT.json
+
+Launches the app (``python -m app``, a worker process, the HTTP server) on a free loopback
+port with the pair, and loads the same pair in a ``Session`` in this process. For each prompt
+and mode the same greedy request runs both ways, back to back, in alternating order:
+
+- **engine**: ``Session.chat`` here — no process boundary, no HTTP;
+- **API**: ``POST /v1/chat/completions`` with ``stream: true``, read by an HTTP client until
+  ``data: [DONE]``.
+
+Both rates are end to end as the caller sees them: completion tokens / wall time from sending
+the request to the last token (prompt processing included). The ratio API / engine is
+reported per run, as the median, and over all tokens; the greedy texts are compared too.
+
+Not for: speculation's own speedup (``engine.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
+
+from engine import catalog, models
+from engine.bench import load_prompts, prompts_file
+from engine.session import ChatRequest, LoadRequest, Session
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LaunchedApp:
+    """``python -m app`` on a free port with its own data directory; the API key from it."""
+
+    def __init__(self, target: Path, draft: Path | None, home: Path, log: Path) -> None:
+        self.port = free_port()
+        self.home = home
+        env = dict(os.environ, TANDEM_HOME=str(home),
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                           os.environ.get("PYTHONPATH")])))
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--port", str(self.port), "--no-browser",
+             "--target", str(target), "--draft", str(draft) if draft else "none"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+
+    def wait(self, timeout: float = 600) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited (log: {self._log.name})")
+            try:
+                reply = httpx.post(self.base + "/chat/completions", timeout=timeout,
+                                   headers=self.headers(),
+                                   json={"model": self.model(), "max_tokens": 1,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+                if reply.status_code == 200:
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(1)
+        raise TimeoutError("the app did not answer")
+
+    def headers(self) -> dict[str, str]:
+        key = (self.home / "api-key.txt").read_text().strip()
+        return {"Authorization": f"Bearer {key}"}
+
+    def model(self) -> str:
+        import httpx
+
+        return httpx.get(self.base + "/models", headers=self.headers()).json()["data"][0]["id"]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def through_api(app: LaunchedApp, model: str, messages: list[dict], max_tokens: int,
+                mode: str) -> dict:
+    import httpx
+
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True},
+            "speculation": "off" if mode == "off" else "auto"}
+    text, tokens = [], 0
+    started = time.perf_counter()
+    with httpx.stream("POST", app.base + "/chat/completions", json=body, timeout=600,
+                      headers=app.headers()) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices") or []:
+                text.append(choice["delta"].get("content") or "")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    seconds = time.perf_counter() - started
+    return {"text": "".join(text), "tokens": tokens, "seconds": seconds}
+
+
+def in_engine(session: Session, messages: list[dict], max_tokens: int, mode: str) -> dict:
+    started = time.perf_counter()
+    done = [e for e in session.chat(ChatRequest(messages, max_tokens=max_tokens,
+                                                temperature=0.0, mode=mode))
+            if e["type"] == "done"][0]
+    seconds = time.perf_counter() - started
+    return {"text": done["text"], "tokens": done["stats"]["tokens"], "seconds": seconds}
+
+
+def run(args: argparse.Namespace) -> dict:
+    target = models.resolve(args.target)
+    draft = None if args.draft == "none" else models.resolve(args.draft)
+    prompts = load_prompts(prompts_file(args.prompts), args.limit, args.per_category)
+    modes = args.modes.split(",")
+    home = Path(tempfile.mkdtemp(prefix="tandem-api-bench-"))
+    app = LaunchedApp(target, draft, home, home / "app.log")
+    session = Session()
+    try:
+        session.load(LoadRequest(str(target), str(draft) if draft else None))
+        app.wait()
+        model = app.model()
+        runs = []
+        for index, prompt in enumerate(prompts):
+            for mode in modes:
+                order = ("api", "engine") if index % 2 == 0 else ("engine", "api")
+                result = {}
+                for side in order:
+                    result[side] = (through_api(app, model, prompt["messages"],
+                                                args.max_tokens, mode) if side == "api"
+                                    else in_engine(session, prompt["messages"],
+                                                   args.max_tokens, mode))
+                api, own = result["api"], result["engine"]
+                row = {"prompt": prompt["id"], "category": prompt["category"], "mode": mode,
+                       "engine_tok_s": own["tokens"] / own["seconds"],
+                       "api_tok_s": api["tokens"] / api["seconds"],
+                       "tokens": own["tokens"], "same_text": api["text"] == own["text"]}
+                row["ratio"] = row["api_tok_s"] / row["engine_tok_s"]
+                runs.append(row)
+                print(f"{row['prompt']:8} {mode:5} engine {row['engine_tok_s']:6.1f} tok/s · "
+                      f"API {row['api_tok_s']:6.1f} tok/s · ratio {row['ratio']:.3f} · "
+                      f"{'same text' if row['same_text'] else 'TEXT DIFFERS'}", flush=True)
+    finally:
+        session.close()
+        app.close()
+    summary = {"runs": len(runs), "median_ratio": statistics.median(r["ratio"] for r in runs),
+               "tokens_ratio": (sum(r["tokens"] for r in runs)
+                                / sum(r["tokens"] / r["api_tok_s"] for r in runs))
+               / (sum(r["tokens"] for r in runs)
+                  / sum(r["tokens"] / r["engine_tok_s"] for r in runs)),
+               "texts_differing": sum(not r["same_text"] for r in runs)}
+    return {"target": args.target, "draft": args.draft, "max_tokens": args.max_tokens,
+            "runs": runs, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.api_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default=catalog.DEFAULT_TARGET)
+    parser.add_argument("--draft", default=catalog.DEFAULT_DRAFT)
+    parser.add_argument("--prompts", default="dev")
+    parser.add_argument("--per-category", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--modes", default="off,auto")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = run(args)
+    s = result["summary"]
+    print(f"API / engine, {s['runs']} runs: median {s['median_ratio']:.3f}, over all tokens "
+          f"{s['tokens_ratio']:.3f}; greedy texts differing: {s['texts_differing']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
