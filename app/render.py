@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 from engine.protocol import FitReport, NumericsInfo, ProbeInfo, Recommendation
 from engine.stats import MessageStats
@@ -32,11 +33,34 @@ def highlight(text: str, draft_spans: list[list]) -> str:
                 if code[run_start] or not segment.strip():
                     out.append(segment)
                 else:
-                    out.append(f'<span class="{classes}">{html.escape(segment)}</span>')
+                    at_line_start = run_start == 0 or text[run_start - 1] == "\n"
+                    out.append(_wrap_lines(segment, classes, at_line_start))
                 run_start = i
         cursor = end
     out.append(text[cursor:])
     return "".join(out)
+
+
+# what Markdown reads at the start of a line (list item, heading, quote) stays outside a span
+_LINE_MARKER = re.compile(r"[ \t]*(?:(?:[-*+]|\d+[.)]|#{1,6}|>)(?:[ \t]+|$))?")
+
+
+def _wrap_lines(segment: str, classes: str, at_line_start: bool) -> str:
+    """``segment`` wrapped line by line: a span never holds a line break, the whitespace
+    around a line's text, nor the Markdown marker a line starts with (a closing tag in front
+    of a fence or a list marker would stop Markdown from reading it)."""
+    pieces = []
+    for index, line in enumerate(segment.split("\n")):
+        lead = _LINE_MARKER.match(line).end() if (index or at_line_start) else 0
+        body = line[lead:]
+        if not body.strip():
+            pieces.append(line)
+            continue
+        left = lead + len(body) - len(body.lstrip())
+        right = left + len(body.strip())
+        pieces.append(f'{line[:left]}<span class="{classes}">{html.escape(line[left:right])}'
+                      f'</span>{line[right:]}')
+    return "\n".join(pieces)
 
 
 def _css_name(name: str) -> str:

@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 from app_process import running_app
+from helpers import message_text
 from tiny_models import write_tiny_model
 
 from app.store import Store
@@ -348,7 +349,7 @@ def test_the_server_backend_shows_what_a_tandem_server_reports(app, tmp_path):
     assert reply["role"] == "assistant" and reply["complete"] and reply["content"]
     assert "reported by the server" in reply["stats"]["summary"]
     assert reply["stats"]["tokens"] == 24 or reply["stats"]["reason"] == "stop"
-    assert "reported by the server" in history[-1]["content"]
+    assert "reported by the server" in message_text(history[-1])
 
 
 def test_an_installed_model_is_loaded_on_request_and_a_long_prompt_is_refused(app):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from app.render import display_message, draft_spans, highlight
 
 
@@ -11,10 +13,10 @@ def test_highlight_skips_code_fences_and_inline_code():
                          (text[9:30], "target"), (text[30:45], "draft-model"),
                          (text[45:], "draft-model")])
     shown = highlight(text, spans)
-    assert '<span class="tdm-draft tdm-draft-draft-model">Use </span>' in shown
+    assert '<span class="tdm-draft tdm-draft-draft-model">Use</span> ' in shown
     assert "`len(x)`" in shown  # inline code untouched
     assert "print(len(x))" in shown and "<span" not in shown.split("```")[1]
-    assert shown.endswith('```<span class="tdm-draft tdm-draft-draft-model">\nDone now.</span>')
+    assert shown.endswith('```\n<span class="tdm-draft tdm-draft-draft-model">Done now.</span>')
 
 
 def test_draft_spans_merge_neighbours_of_one_drafter_and_keep_drafters_apart():
@@ -41,3 +43,15 @@ def test_the_chatbot_shows_a_reply_byte_for_byte():
         shown = gr.Chatbot().postprocess([display_message(message, show_drafts=False)])
         [block] = shown.root[0].content
         assert block.text == reply
+
+
+def test_highlight_keeps_every_line_start_as_markdown_reads_it():
+    # a span that ran over ":\n\n" put its closing tag in front of the next line's fence, so
+    # the fence did not open and everything after it (the stats too) showed as code
+    text = "Here it is:\n\n```python\nx = 1\n```\n- one\n- two\n\n# Head\n1. first\n> quote"
+    shown = highlight(text, draft_spans([(text, "draft-model")]))
+    for line, original in zip(shown.split("\n"), text.split("\n"), strict=True):
+        marker = original.split(" ")[0]
+        if marker in ("```python", "```", "-", "#", "1.", ">"):
+            assert line.startswith(marker), (line, original)
+    assert "<span" in shown and not re.search(r"<span[^>]*>[^<]*\n", shown)  # no span over a line
