@@ -5,8 +5,9 @@ API against the engine's own rate for the same requests.
         --per-category 1 --max-tokens 128 --modes off,auto --json OUT.json
 
 Launches the app (``python -m app``, a worker process, the HTTP server) on a free loopback
-port with the pair, and loads the same pair in a ``Session`` in this process. For each prompt
-and mode the same greedy request runs both ways, back to back, in alternating order:
+port with the pair, or loads the same pair in a ``Session`` in this process — one at a time, in
+alternating phases (``--rounds``), so the two never compete for the cores. Each prompt and mode
+runs the same greedy request both ways:
 
 - **engine**: ``Session.chat`` here — no process boundary, no HTTP;
 - **API**: ``POST /v1/chat/completions`` with ``stream: true``, read by an HTTP client until
@@ -132,41 +133,64 @@ def in_engine(session: Session, messages: list[dict], max_tokens: int, mode: str
     return {"text": done["text"], "tokens": done["stats"]["tokens"], "seconds": seconds}
 
 
+def engine_phase(target: Path, draft: Path | None, prompts: list[dict], modes: list[str],
+                 max_tokens: int) -> dict:
+    session = Session()
+    try:
+        session.load(LoadRequest(str(target), str(draft) if draft else None))
+        return {(prompt["id"], mode): in_engine(session, prompt["messages"], max_tokens, mode)
+                for prompt in prompts for mode in modes}
+    finally:
+        session.close()
+
+
+def api_phase(target: Path, draft: Path | None, prompts: list[dict], modes: list[str],
+              max_tokens: int, home: Path) -> dict:
+    app = LaunchedApp(target, draft, home, home / "app.log")
+    try:
+        app.wait()
+        model = app.model()
+        return {(prompt["id"], mode): through_api(app, model, prompt["messages"], max_tokens,
+                                                  mode)
+                for prompt in prompts for mode in modes}
+    finally:
+        app.close()
+
+
 def run(args: argparse.Namespace) -> dict:
     target = models.resolve(args.target)
     draft = None if args.draft == "none" else models.resolve(args.draft)
     prompts = load_prompts(prompts_file(args.prompts), args.limit, args.per_category)
     modes = args.modes.split(",")
     home = Path(tempfile.mkdtemp(prefix="tandem-api-bench-"))
-    app = LaunchedApp(target, draft, home, home / "app.log")
-    session = Session()
-    try:
-        session.load(LoadRequest(str(target), str(draft) if draft else None))
-        app.wait()
-        model = app.model()
-        runs = []
-        for index, prompt in enumerate(prompts):
-            for mode in modes:
-                order = ("api", "engine") if index % 2 == 0 else ("engine", "api")
-                result = {}
-                for side in order:
-                    result[side] = (through_api(app, model, prompt["messages"],
-                                                args.max_tokens, mode) if side == "api"
-                                    else in_engine(session, prompt["messages"],
-                                                   args.max_tokens, mode))
-                api, own = result["api"], result["engine"]
-                row = {"prompt": prompt["id"], "category": prompt["category"], "mode": mode,
-                       "engine_tok_s": own["tokens"] / own["seconds"],
-                       "api_tok_s": api["tokens"] / api["seconds"],
-                       "tokens": own["tokens"], "same_text": api["text"] == own["text"]}
-                row["ratio"] = row["api_tok_s"] / row["engine_tok_s"]
-                runs.append(row)
-                print(f"{row['prompt']:8} {mode:5} engine {row['engine_tok_s']:6.1f} tok/s · "
-                      f"API {row['api_tok_s']:6.1f} tok/s · ratio {row['ratio']:.3f} · "
-                      f"{'same text' if row['same_text'] else 'TEXT DIFFERS'}", flush=True)
-    finally:
-        session.close()
-        app.close()
+    os.environ["TANDEM_HOME"] = str(home)  # one calibration for both sides (models resolved)
+    # The two sides take turns as whole phases, never side by side: on a small CPU a second
+    # process holding a model steals cycles from the one answering (its idle llama.cpp
+    # threads spin), which made the in-process engine look several times slower than the API.
+    sides: dict[str, list[dict]] = {"engine": [], "api": []}
+    for round_ in range(args.rounds):
+        order = ("engine", "api") if round_ % 2 == 0 else ("api", "engine")
+        for side in order:
+            sides[side].append(
+                engine_phase(target, draft, prompts, modes, args.max_tokens) if side == "engine"
+                else api_phase(target, draft, prompts, modes, args.max_tokens, home))
+            print(f"round {round_ + 1}: {side} done", flush=True)
+    runs = []
+    for prompt in prompts:
+        for mode in modes:
+            key = (prompt["id"], mode)
+            own = [phase[key] for phase in sides["engine"]]
+            api = [phase[key] for phase in sides["api"]]
+            row = {"prompt": prompt["id"], "category": prompt["category"], "mode": mode,
+                   "engine_tok_s": statistics.median(r["tokens"] / r["seconds"] for r in own),
+                   "api_tok_s": statistics.median(r["tokens"] / r["seconds"] for r in api),
+                   "tokens": own[0]["tokens"],
+                   "same_text": all(r["text"] == own[0]["text"] for r in own + api)}
+            row["ratio"] = row["api_tok_s"] / row["engine_tok_s"]
+            runs.append(row)
+            print(f"{row['prompt']:8} {mode:5} engine {row['engine_tok_s']:6.1f} tok/s · "
+                  f"API {row['api_tok_s']:6.1f} tok/s · ratio {row['ratio']:.3f} · "
+                  f"{'same text' if row['same_text'] else 'TEXT DIFFERS'}", flush=True)
     summary = {"runs": len(runs), "median_ratio": statistics.median(r["ratio"] for r in runs),
                "tokens_ratio": (sum(r["tokens"] for r in runs)
                                 / sum(r["tokens"] / r["api_tok_s"] for r in runs))
@@ -174,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
                   / sum(r["tokens"] / r["engine_tok_s"] for r in runs)),
                "texts_differing": sum(not r["same_text"] for r in runs)}
     return {"target": args.target, "draft": args.draft, "max_tokens": args.max_tokens,
-            "runs": runs, "summary": summary}
+            "rounds": args.rounds, "runs": runs, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--modes", default="off,auto")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="engine and API phases, alternating (medians over rounds)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = run(args)
