@@ -241,10 +241,11 @@ def test_fast_numerics_change_the_numerics_and_diverge_only_at_near_ties(target)
     print(json.dumps({"fast_diverged": diverged, "near_ties": near_ties}))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not fixed yet: on llama.cpp's CPU backend "
+@pytest.mark.xfail(strict=False, reason="known bug, not fixed yet: on llama.cpp's CPU backend "
                    "passes of 2-3 rows stop matching the one-token pass once the context is "
                    "a few hundred tokens deep, which the probe (24 tokens deep) does not see; "
-                   "5 of 18 runs of the edit prompts diverged in exact mode (README, Status)")
+                   "5 of 18 runs of the edit prompts diverged in exact mode (README, Status); "
+                   "not strict: CPUs whose kernels stay exact that deep pass it")
 def test_exact_verification_pieces_match_one_token_passes_deep_in_the_context(target):
     from engine.calibration import _rows
 
