@@ -379,15 +379,23 @@ def test_an_installed_model_is_loaded_on_request_and_a_long_prompt_is_refused(ap
         "target"
 
 
-def test_a_full_queue_answers_429_with_retry_after(shared_home, tmp_path):
-    # a target slow enough that its reply is still being generated when the second request
-    # comes (the tiny target writes 4000 tokens in well under a second on a fast machine, and
-    # a streamed reply is generated at the engine's pace, not the reader's)
+@pytest.fixture()
+def slow_target(shared_home, tmp_path):
+    """A target slow enough that its reply is still being generated when a second request
+    comes (the tiny target writes 4000 tokens in well under a second on a fast machine, and a
+    streamed reply is generated at the engine's pace, not the reader's), listed as ``SLOW``
+    in the module's data directory while the test runs."""
     slow = write_tiny_model(tmp_path / "slow.gguf", "a", seed=0, n_embd=512, n_layer=8,
                             n_head=8, n_head_kv=4, n_ff=2048)
-    listed = json.loads((shared_home / "local_models.json").read_text())
-    (shared_home / "local_models.json").write_text(json.dumps({**listed, SLOW: str(slow)}))
-    with running_app(shared_home, slow, None, extra_env={"TANDEM_API_QUEUE": "0"}) as (
+    listing = shared_home / "local_models.json"
+    listed = listing.read_text()
+    listing.write_text(json.dumps({**json.loads(listed), SLOW: str(slow)}))
+    yield slow
+    listing.write_text(listed)  # the module's other tests share this data directory
+
+
+def test_a_full_queue_answers_429_with_retry_after(shared_home, slow_target):
+    with running_app(shared_home, slow_target, None, extra_env={"TANDEM_API_QUEUE": "0"}) as (
             url, proc):
         wait_ready(url, shared_home, SLOW)
         busy = App(url, proc, shared_home)
