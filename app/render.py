@@ -53,11 +53,12 @@ def _wrap_lines(segment: str, classes: str, at_line_start: bool) -> str:
     for index, line in enumerate(segment.split("\n")):
         lead = _LINE_MARKER.match(line).end() if (index or at_line_start) else 0
         body = line[lead:]
-        if not body.strip():
+        words = body.strip()
+        if not words:
             pieces.append(line)
             continue
         left = lead + len(body) - len(body.lstrip())
-        right = left + len(body.strip())
+        right = left + len(words)
         pieces.append(f'{line[:left]}<span class="{classes}">{html.escape(line[left:right])}'
                       f'</span>{line[right:]}')
     return "\n".join(pieces)
