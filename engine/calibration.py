@@ -23,11 +23,14 @@ import numpy as np
 from engine import numerics, paths
 from engine.costs import MAX_BATCH, CostCurve, Costs
 from engine.numerics import PROBE_SIZES, PassShape, Probe
-from engine.runtime import Model
+from engine.runtime import Model, common_prefix
 
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 WARMUP_TOKENS = 48
-PROBE_PREFIX, PROBE_SPAN = 24, 16
+# 224: passes still end inside llama.cpp's first 256 cells; 600: past 512, where its CPU flash
+# attention splits a one-token query across threads (``engine.numerics``)
+PROBE_DEPTHS, PROBE_SPAN = (24, 224, 600), 16
+CACHE_VERSION = 2  # bump when the probe or the costs change meaning
 
 
 @dataclass
@@ -62,19 +65,19 @@ class Calibration:
         shape = data.get("shape") or {}
         return cls(CostCurve(data["target"]["seconds"]), data["draft_token_seconds"],
                    data["step_overhead"], data["measured_at"],
-                   PassShape(shape.get("mode", "exact"), shape.get("plain_rows", 1),
-                             tuple(shape.get("pieces", (1,))), shape.get("rounding", 0.0)),
+                   PassShape.from_dict(shape),
                    Probe.from_dict(data["probe"]) if data.get("probe") else None)
 
 
 def _model_key(model: Model) -> str:
     stat = model.path.stat()
     return (f"{model.path.name}:{stat.st_size}:{stat.st_mtime_ns}:{model.options.threads()}:"
-            f"{model.options.gpu_layers()}:{model.options.flash_attn}")
+            f"{model.options.gpu_layers()}:{model.options.flash_attn}:{model.cache_types}")
 
 
 def cache_path(target: Model, drafts: dict[str, Model], mode: str = "exact"):
-    key = "|".join([platform.node(), platform.machine(), _model_key(target), mode,
+    key = "|".join([f"v{CACHE_VERSION}", platform.node(), platform.machine(),
+                    _model_key(target), mode,
                     *sorted(f"{name}={_model_key(m)}" for name, m in drafts.items())])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return paths.calibration_dir() / f"costs-{digest}.json"
@@ -87,13 +90,21 @@ def _warm_context(model: Model) -> list[int]:
 
 
 # ---- the numerics probe -----------------------------------------------------------------
+def _probe_context(model: Model, n: int) -> list[int]:
+    """``n`` tokens of varied code to evaluate at (the values do not matter, only the depth)."""
+    text = "".join(f"def step_{i}(x, y):\n    return x * {i} + y // {i + 1}\n\n"
+                   for i in range(n))
+    return model.tokenize(text)[:n]
+
+
 def _rows(model: Model, prefix: list[int], span: list[int], real: int, width: int
           ) -> tuple[np.ndarray, float]:
-    """Logits after every token of ``span`` (following ``prefix``), evaluated ``real`` tokens
-    per pass in passes of ``width`` rows (padding repeats the last token and is dropped from
-    the cache); also the median time of a pass."""
-    model.reset()
-    model.decode(prefix, "none")
+    """Logits after every token of ``span`` (following ``prefix``, which stays cached for the
+    next call), evaluated ``real`` tokens per pass in passes of ``width`` rows (padding repeats
+    the last token and is dropped from the cache); also the median time of a pass."""
+    keep = common_prefix(model.kv_tokens, prefix)
+    model.truncate(keep)
+    model.decode(prefix[keep:], "none")
     out, times = [], []
     for start in range(0, len(span), real):
         piece = span[start:start + real]
@@ -103,40 +114,60 @@ def _rows(model: Model, prefix: list[int], span: list[int], real: int, width: in
         times.append(time.perf_counter() - began)
         out.append(view[:len(piece)].copy())
         model.truncate(len(model.kv_tokens) - (width - len(piece)))
-    model.reset()
+    model.truncate(len(prefix))
     return np.concatenate(out), statistics.median(times)
 
 
-def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PROBE_SIZES
-                   ) -> Probe:
-    """Evaluate the same positions in pieces of each size and group the sizes whose logits are
-    bit-identical; check whether plain decoding padded into a class joins it (only for the
-    classes ``mode`` may use: the padded check costs a pass per position)."""
-    context = _warm_context(model)
-    prefix, span = context[:PROBE_PREFIX], context[PROBE_PREFIX:PROBE_PREFIX + PROBE_SPAN]
-    rows, seconds = {}, {}
-    for size in sizes:
-        rows[size], seconds[size] = _rows(model, prefix, span, size, size)
+def _partition(rows: dict[int, list[np.ndarray]]) -> list[list[int]]:
+    """Sizes grouped by logits bit-identical at every probed depth."""
     classes: list[list[int]] = []
-    for size in sizes:
-        group = next((g for g in classes if np.array_equal(rows[g[0]], rows[size])), None)
+    for size, at_depths in rows.items():
+        group = next((g for g in classes
+                      if all(np.array_equal(a, b) for a, b in zip(rows[g[0]], at_depths))),
+                     None)
         if group is None:
             classes.append([size])
         else:
             group.append(size)
+    return classes
+
+
+def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PROBE_SIZES,
+                   depths: Sequence[int] = PROBE_DEPTHS) -> Probe:
+    """Evaluate the same positions in pieces of each size, near the start of the context and
+    deep in it (kernels may change with the number of cached tokens), and group the sizes whose
+    logits are bit-identical at every depth; check whether plain decoding padded into a class
+    joins it (only for the classes ``mode`` may use: the padded check costs a pass per
+    position)."""
+    depths = sorted({max(1, min(d, model.n_ctx - PROBE_SPAN - max(sizes))) for d in depths})
+    context = _probe_context(model, depths[-1] + PROBE_SPAN)
+    at = [(context[:d], context[d:d + PROBE_SPAN]) for d in depths]
+    rows: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
+    seconds: dict[int, float] = {}
+    for prefix, span in at:
+        for size in sizes:
+            values, seconds[size] = _rows(model, prefix, span, size, size)
+            rows[size].append(values)
     one = rows[sizes[0]]
-    difference = max((float(np.abs(rows[s] - one).max()) for s in sizes[1:]), default=0.0)
-    probe = Probe(tuple(tuple(g) for g in classes), {}, seconds, difference)
+    difference = max((float(np.abs(a - b).max()) for s in sizes[1:]
+                      for a, b in zip(rows[s], one)), default=0.0)
+    classes_at = tuple(tuple(tuple(g) for g in _partition({s: [r[i]] for s, r in rows.items()}))
+                       for i in range(len(depths)))
+    probe = Probe(tuple(tuple(g) for g in _partition(rows)), {}, seconds, difference,
+                  tuple(depths), classes_at, PROBE_SPAN)
     if mode.startswith("exact:"):
         needed = [probe.class_of(int(mode.split(":", 1)[1]))]
     elif mode == "exact" and len(probe.class_of(1)) == 1:
-        needed = [c for c in probe.classes if 1 not in c]
+        needed = [c for c in probe.classes if 1 not in c and numerics.padding_affordable(
+            probe, min(c))]
     else:
         needed = []
     for group in needed:
         if 1 not in group:
-            padded, _ = _rows(model, prefix, span, 1, min(group))
-            probe.padded_joins[min(group)] = bool(np.array_equal(padded, rows[min(group)]))
+            padded = [_rows(model, prefix, span, 1, min(group))[0] for prefix, span in at]
+            probe.padded_joins[min(group)] = all(
+                np.array_equal(a, b) for a, b in zip(padded, rows[min(group)]))
+    model.reset()
     return probe
 
 

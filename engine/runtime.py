@@ -29,6 +29,7 @@ from engine.gguf_check import GGUFInfo, validate_gguf
 from engine.numerics import PassShape
 from engine.threads import attach_shared_pool
 
+CACHE_TYPES = {"f16": 1, "bf16": 30, "q8_0": 8}  # ggml type ids (ggml.h)
 _backend_lock = threading.Lock()
 _backend_ready = False
 _recent_log: list[str] = []
@@ -89,6 +90,10 @@ class RuntimeOptions:
     n_threads: int | None = None  # None: physical cores
     n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
     flash_attn: bool | None = None  # None: llama.cpp decides
+    # K and V cache types (keys of CACHE_TYPES); None: f16, llama.cpp's default. Mixed types
+    # (e.g. f16 keys, q8_0 values) keep llama.cpp's CPU flash attention on one kernel for
+    # one-token and batched queries at any depth, at some prefill speed (README, numerics)
+    cache_types: tuple[str, str] | None = None
 
     def threads(self) -> int:
         return self.n_threads or physical_cores()
@@ -98,6 +103,8 @@ class RuntimeOptions:
             return self.n_gpu_layers
         return 999 if gpu_offload_supported() else 0
 
+    def kv_types(self) -> tuple[str, str]:
+        return self.cache_types or ("f16", "f16")
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix (slice comparisons: the loop calls this every
@@ -156,6 +163,7 @@ class Model:
         self.kv_tokens: list[int] = []
         self.busy_seconds = 0.0  # time spent inside llama_decode (profiling the loop)
         self.shape = PassShape()  # one token per pass until calibrated: exact, never fast
+        self.cache_types = ("f16", "f16")
         self.n_ctx = 0
         if vocab_only:
             return
@@ -168,11 +176,14 @@ class Model:
         cparams.no_perf = True
         if options.flash_attn is not None:
             cparams.flash_attn_type = int(options.flash_attn)
+        self.cache_types = options.kv_types()
+        cparams.type_k, cparams.type_v = (CACHE_TYPES[t] for t in self.cache_types)
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
             raise TandemError(f"Could not create a context of {self.n_ctx} tokens for "
-                              f"'{self.path.name}' (out of memory?).")
+                              f"'{self.path.name}' (out of memory?): "
+                              + " ".join(line.strip() for line in _recent_log[-2:]))
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         attach_shared_pool(self._ctx, options.threads())
         self.n_batch = options.n_batch
@@ -258,7 +269,7 @@ class Model:
         out_rows = np.empty((n, self.n_vocab), dtype=np.float32) if rows else None
         out_margins = np.empty(n, dtype=np.float32) if margins else None
         start = 0
-        for real, width in self.shape.split(n):
+        for real, width in self.shape.split(n, len(self.kv_tokens)):
             piece = list(tokens[start:start + real])
             piece += [piece[-1]] * (width - real)
             view = self.decode(piece, "all" if width > 1 else "last")[:real]

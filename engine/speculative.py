@@ -90,6 +90,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
     policy.start(context, sampling)
     started = time.perf_counter()
     reason, message = "length", ""
+    too_deep = 0  # where exact verification stopped being possible, if it did
 
     while len(output) < params.max_tokens:
         if cancel is not None and cancel.is_set():
@@ -100,7 +101,13 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
             reason, message = "context", str(ContextFull(target.n_ctx))
             break
         t0 = time.perf_counter()
-        drafter, k = policy.choose()
+        exact_room = target.shape.draft_room(len(target.kv_tokens))
+        if exact_room == 0:  # this deep, no batched pass is bit-identical to a one-token pass
+            drafter, k = Drafter(), 0
+            too_deep = too_deep or len(target.kv_tokens)
+        else:
+            drafter, k = policy.choose()
+            room = room if exact_room is None else min(room, exact_room)
         draft = drafter.propose(context, min(k, room)) if k > 0 and room > 0 else None
         drafted = draft.tokens if draft else []
         t1 = time.perf_counter()
@@ -155,6 +162,11 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
     stats.tokens = len(output)
     stats.seconds = time.perf_counter() - started
     stats.controller_note = policy.note()
+    if too_deep:
+        stats.controller_note = ((stats.controller_note + "; ") if stats.controller_note else ""
+                                 ) + (f"plain decoding from token {too_deep} of the context on: "
+                                      "no batched pass is bit-identical to a one-token pass "
+                                      "that deep on this backend")
     if tail:
         yield Chunk(tail, stats)
     policy.finish(stats)

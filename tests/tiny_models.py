@@ -98,7 +98,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
                      noise: float = 0.0, logit_scale: float = 6.0,
                      rows_like: str | None = None, chat_template: str = CHAT_TEMPLATE,
                      eos_like: str | None = None, extra_tokens: int = 0,
-                     extra_scale: float = 1.0) -> Path:
+                     extra_scale: float = 1.0, weights: str = "f32") -> Path:
     """Write a tiny f32 llama GGUF. ``noise_from``/``noise``: start from the weights of
     ``seed=noise_from`` and perturb them, which makes a draft that mostly agrees.
     ``rows_like``: lay out the embedding and output rows as that vocabulary's model would
@@ -109,7 +109,9 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     with real probability instead of running to their length. ``extra_tokens``: append that
     many ordinary tokens to the vocabulary (weights from their own generator, scaled by
     ``extra_scale``; the other weights stay as without them): native pairs whose vocabulary
-    sizes differ slightly, as Qwen2.5-7B (152,064) and 0.5B (151,936) do."""
+    sizes differ slightly, as Qwen2.5-7B (152,064) and 0.5B (151,936) do. ``weights``: "f32",
+    or a block quantization of the layers' matrices ("q8_0", "q4_0") — quantized weights take
+    llama.cpp's one-token kernels for passes of a few rows, as a real model's do."""
     import gguf
 
     tokens, types, merges = vocabulary(vocab)
@@ -153,7 +155,7 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     writer.add_head_count_kv(n_head_kv)
     writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(0)
+    writer.add_file_type(0 if weights == "f32" else 7 if weights == "q8_0" else 2)
     writer.add_vocab_size(n_vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
@@ -165,19 +167,26 @@ def write_tiny_model(path: Path, vocab: str = "a", seed: int = 0, n_embd: int = 
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
 
+    def matrix(name: str, value: np.ndarray) -> None:
+        if weights == "f32":
+            writer.add_tensor(name, value)
+            return
+        kind = gguf.GGMLQuantizationType[weights.upper()]
+        writer.add_tensor(name, gguf.quants.quantize(value, kind), raw_dtype=kind)
+
     writer.add_tensor("token_embd.weight",
                       with_extra(by_text(tensor(len(reference), n_embd, scale=1.0))))
     for layer in range(n_layer):
         pre = f"blk.{layer}."
         writer.add_tensor(pre + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(pre + "attn_q.weight", tensor(n_embd, n_embd, scale=0.2))
-        writer.add_tensor(pre + "attn_k.weight", tensor(n_head_kv * head_dim, n_embd, scale=0.2))
-        writer.add_tensor(pre + "attn_v.weight", tensor(n_head_kv * head_dim, n_embd, scale=0.2))
-        writer.add_tensor(pre + "attn_output.weight", tensor(n_embd, n_embd, scale=0.2))
+        matrix(pre + "attn_q.weight", tensor(n_embd, n_embd, scale=0.2))
+        matrix(pre + "attn_k.weight", tensor(n_head_kv * head_dim, n_embd, scale=0.2))
+        matrix(pre + "attn_v.weight", tensor(n_head_kv * head_dim, n_embd, scale=0.2))
+        matrix(pre + "attn_output.weight", tensor(n_embd, n_embd, scale=0.2))
         writer.add_tensor(pre + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(pre + "ffn_gate.weight", tensor(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(pre + "ffn_up.weight", tensor(n_ff, n_embd, scale=0.2))
-        writer.add_tensor(pre + "ffn_down.weight", tensor(n_embd, n_ff, scale=0.2))
+        matrix(pre + "ffn_gate.weight", tensor(n_ff, n_embd, scale=0.2))
+        matrix(pre + "ffn_up.weight", tensor(n_ff, n_embd, scale=0.2))
+        matrix(pre + "ffn_down.weight", tensor(n_embd, n_ff, scale=0.2))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     output = with_extra(by_text(tensor(len(reference), n_embd,
                                        scale=logit_scale / n_embd**0.5)))
