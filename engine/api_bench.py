@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,68 +35,8 @@ import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/
 
 from engine import catalog, models
 from engine.bench import load_prompts, prompts_file
+from engine.launched_app import LaunchedApp
 from engine.session import ChatRequest, LoadRequest, Session
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class LaunchedApp:
-    """``python -m app`` on a free port with its own data directory; the API key from it."""
-
-    def __init__(self, target: Path, draft: Path | None, home: Path, log: Path) -> None:
-        self.port = free_port()
-        self.home = home
-        env = dict(os.environ, TANDEM_HOME=str(home),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                           os.environ.get("PYTHONPATH")])))
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--port", str(self.port), "--no-browser",
-             "--target", str(target), "--draft", str(draft) if draft else "none"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.base = f"http://127.0.0.1:{self.port}/v1"
-
-    def wait(self, timeout: float = 600) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited (log: {self._log.name})")
-            try:
-                reply = httpx.post(self.base + "/chat/completions", timeout=timeout,
-                                   headers=self.headers(),
-                                   json={"model": self.model(), "max_tokens": 1,
-                                         "messages": [{"role": "user", "content": "hi"}]})
-                if reply.status_code == 200:
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(1)
-        raise TimeoutError("the app did not answer")
-
-    def headers(self) -> dict[str, str]:
-        key = (self.home / "api-key.txt").read_text().strip()
-        return {"Authorization": f"Bearer {key}"}
-
-    def model(self) -> str:
-        import httpx
-
-        return httpx.get(self.base + "/models", headers=self.headers()).json()["data"][0]["id"]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def through_api(app: LaunchedApp, model: str, messages: list[dict], max_tokens: int,
@@ -146,9 +84,9 @@ def engine_phase(target: Path, draft: Path | None, prompts: list[dict], modes: l
 
 def api_phase(target: Path, draft: Path | None, prompts: list[dict], modes: list[str],
               max_tokens: int, home: Path) -> dict:
-    app = LaunchedApp(target, draft, home, home / "app.log")
+    app = LaunchedApp(home, target, draft, home / "app.log")
     try:
-        app.wait()
+        app.wait_ready()
         model = app.model()
         return {(prompt["id"], mode): through_api(app, model, prompt["messages"], max_tokens,
                                                   mode)

@@ -72,6 +72,20 @@ def _refuse_numpy_first() -> None:
                           "(engine.facade.EngineClient), or import llama_cpp before numpy.")
 
 
+def requested_cache_types() -> tuple[str, str] | None:
+    """``TANDEM_KV_CACHE``: the target's K and V cache types, "K,V" or one type for both (e.g.
+    "f16,q8_0": exact speculation at any depth on a CPU, slower prefill; README, numerics)."""
+    raw = os.environ.get("TANDEM_KV_CACHE", "").strip().lower()
+    if not raw:
+        return None
+    parts = [part.strip() for part in raw.split(",")]
+    parts = parts * 2 if len(parts) == 1 else parts
+    if len(parts) != 2 or any(part not in CACHE_TYPES for part in parts):
+        raise TandemError(f"TANDEM_KV_CACHE must be one or two of {', '.join(CACHE_TYPES)} "
+                          f"(K,V), not {raw!r}")
+    return parts[0], parts[1]
+
+
 def physical_cores() -> int:
     import psutil
 

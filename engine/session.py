@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from engine import compat, models, numerics, paths, prompt_type
 from engine.adaptive_window import AcceptanceMemory, AdaptiveController, ceiling
@@ -27,7 +27,7 @@ from engine.drafters.suffix import SuffixDrafter, scope_key
 from engine.drafters.universal import UniversalDrafter
 from engine.hardware import check_fits
 from engine.prompting import prompt_tokens, stop_strings, system_prompt
-from engine.runtime import Model, RuntimeOptions
+from engine.runtime import Model, RuntimeOptions, requested_cache_types
 from engine.sampling import SamplingParams
 from engine.speculative import Chunk, GenerationParams, Step, generate, loop_overhead
 from engine.window import FixedWindow, WindowPolicy
@@ -80,7 +80,7 @@ class Session:
         self.close()
         options = RuntimeOptions(n_ctx=request.n_ctx, n_threads=request.n_threads,
                                  n_gpu_layers=request.n_gpu_layers)
-        self.target = Model(target_path, options)
+        self.target = Model(target_path, replace(options, cache_types=requested_cache_types()))
         self._drafters = {"ngram": NgramDrafter(), "suffix": SuffixDrafter()}
         if draft_path is not None:
             self.draft = Model(draft_path, options)

@@ -15,17 +15,16 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from app_process import running_app
 from helpers import message_text
 from tiny_models import write_tiny_model
 
 from app.store import Store
+from engine.launched_app import LaunchedApp
 from engine.session import ChatRequest, LoadRequest, Session
 
 TARGET, DRAFT, SMALL, HUGE = "local:target", "local:draft", "local:small-ctx", "local:huge"
@@ -73,24 +72,9 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(shared_home):
-    with running_app(shared_home, TARGET, DRAFT) as (url, proc):
-        wait_ready(url, shared_home)
-        yield App(url, proc, shared_home)
-
-
-def wait_ready(url: str, home: Path, model: str = TARGET) -> None:
-    """Until the first load (with calibration) is done: a reply comes back."""
-    key = (home / "api-key.txt").read_text().strip()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        response = httpx.post(url + "v1/chat/completions", timeout=300,
-                              headers={"Authorization": f"Bearer {key}"},
-                              json={"model": model, "max_tokens": 1,
-                                    "messages": [{"role": "user", "content": "hi"}]})
-        if response.status_code == 200:
-            return
-        time.sleep(1)
-    raise TimeoutError(response.text)
+    with LaunchedApp(shared_home, TARGET, DRAFT) as launched:
+        launched.wait_ready(TARGET, timeout=300)
+        yield App(launched.url, launched.proc, shared_home)
 
 
 @pytest.fixture(scope="module")
@@ -395,10 +379,10 @@ def slow_target(shared_home, tmp_path):
 
 
 def test_a_full_queue_answers_429_with_retry_after(shared_home, slow_target):
-    with running_app(shared_home, slow_target, None, extra_env={"TANDEM_API_QUEUE": "0"}) as (
-            url, proc):
-        wait_ready(url, shared_home, SLOW)
-        busy = App(url, proc, shared_home)
+    with LaunchedApp(shared_home, slow_target, None,
+                     extra_env={"TANDEM_API_QUEUE": "0"}) as launched:
+        launched.wait_ready(SLOW, timeout=300)
+        busy = App(launched.url, launched.proc, shared_home)
         with httpx.Client(timeout=120) as http:
             with http.stream("POST", busy.base + "/chat/completions",
                              headers={"Authorization": f"Bearer {busy.key}"},

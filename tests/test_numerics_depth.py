@@ -147,3 +147,18 @@ def test_an_explicit_reference_class_is_padded_into_whatever_it_costs():
 def test_probes_round_trip_with_their_depths():
     original = probe(1.2)
     assert Probe.from_dict(original.to_dict()) == original
+
+
+def test_the_cache_types_setting_is_read_and_checked(monkeypatch):
+    from engine.errors import TandemError
+    from engine.runtime import requested_cache_types
+
+    monkeypatch.setenv("TANDEM_KV_CACHE", "f16, Q8_0")
+    assert requested_cache_types() == ("f16", "q8_0")
+    monkeypatch.setenv("TANDEM_KV_CACHE", "bf16")
+    assert requested_cache_types() == ("bf16", "bf16")
+    monkeypatch.setenv("TANDEM_KV_CACHE", "f16,q4_9")
+    with pytest.raises(TandemError, match="TANDEM_KV_CACHE"):
+        requested_cache_types()
+    monkeypatch.delenv("TANDEM_KV_CACHE")
+    assert requested_cache_types() is None
