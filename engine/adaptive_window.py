@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.costs import Costs, LiveCosts
+from engine.costs import LOOKUP_DRAFTERS, Costs, LiveCosts
 from engine.drafters.base import Drafter
 from engine.sampling import SamplingParams
 from engine.stats import MessageStats, StepStats
@@ -163,7 +163,7 @@ class AcceptanceMemory:
 
 
 DEFAULT_PRIORS = {"ngram": 0.35, "suffix": 0.5, "draft-model": 0.7, "universal": 0.6}
-FREE_DRAFTERS = ("ngram", "suffix")  # lookups: no model, and better on text that copies
+FREE_DRAFTERS = LOOKUP_DRAFTERS  # no model, and better on text that copies
 
 
 class AdaptiveController(WindowPolicy):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine import numerics, paths
-from engine.costs import MAX_BATCH, CostCurve, Costs
+from engine.costs import LOOKUP_DRAFTERS, MAX_BATCH, CostCurve, Costs
 from engine.numerics import PROBE_SIZES, PassShape, Probe
 from engine.runtime import Model, common_prefix
 
@@ -231,7 +231,7 @@ def calibrate(target: Model, drafts: dict[str, Model],
     target.shape = numerics.choose(probe, mode)
     curve = measure_target(target)
     draft_costs = {name: measure_draft(model) for name, model in drafts.items()}
-    draft_costs["ngram"] = 0.0
+    draft_costs.update(dict.fromkeys(LOOKUP_DRAFTERS, 0.0))
     calibration = Calibration(curve, draft_costs, loop_overhead(target), time.time(),
                               target.shape, probe)
     tmp = path.with_suffix(".tmp")

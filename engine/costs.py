@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from engine.stats import StepStats
 
 MAX_BATCH = 16
+LOOKUP_DRAFTERS = ("ngram", "suffix")  # no model: drafting costs ~nothing until timed
 
 
 @dataclass
@@ -49,8 +50,13 @@ class Costs:
         return 1.0 / self.curve.verify(1)
 
     def draft_cost(self, drafter: str) -> float:
-        return self.draft_token_seconds.get(drafter, self.draft_token_seconds.get(
-            "draft-model", 0.0))
+        """Seconds per drafted token; a drafter not in the table costs nothing if it is a
+        lookup, else what the draft model costs (cost files time only "draft-model")."""
+        if drafter in self.draft_token_seconds:
+            return self.draft_token_seconds[drafter]
+        if drafter in LOOKUP_DRAFTERS:
+            return 0.0
+        return self.draft_token_seconds.get("draft-model", 0.0)
 
 
 class LiveCosts:

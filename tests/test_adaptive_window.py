@@ -184,3 +184,19 @@ def test_live_costs_rescale_the_calibration_where_nothing_was_seen():
     for _ in range(LiveCosts.MIN_SAMPLES):
         live.observe(StepStats("draft-model", 2, 2, 1, 0.05, 0.2))
     assert live.apply(planned).draft_token_seconds["draft-model"] == 0.025  # timed
+
+
+def test_lookup_drafters_cost_nothing_until_timed_even_beside_a_draft_model():
+    """A cost table that times only the draft model (the calibration, the H100 cost files)
+    must not price the suffix lookup like the draft model: it would look unable to pay, and
+    would never be run (nor timed) at all."""
+    from engine.drafters.ngram import NgramDrafter
+    from engine.drafters.suffix import SuffixDrafter
+
+    planned = Costs(CostCurve([1.0 + 0.1 * n for n in range(16)]), {"draft-model": 0.6})
+    assert planned.draft_cost("suffix") == planned.draft_cost("ngram") == 0.0
+    assert planned.draft_cost("universal") == 0.6  # a model: priced as the draft model
+    ctl = AdaptiveController([SuffixDrafter(), NgramDrafter()], planned)
+    ctl.start([1, 2, 3], SamplingParams())
+    ctl.choose()
+    assert ctl.ceilings["suffix"] == ctl.ceilings["ngram"] > 1.5
