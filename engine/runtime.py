@@ -200,7 +200,7 @@ class Model:
                               + " ".join(line.strip() for line in _recent_log[-2:]))
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         attach_shared_pool(self._ctx, options.threads())
-        self.n_batch = options.n_batch
+        self.n_batch = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at n_ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 

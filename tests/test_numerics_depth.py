@@ -106,7 +106,7 @@ def test_greedy_text_deep_in_the_context_matches_plain_decoding(model):
 
 
 def test_the_probe_fits_a_small_context(tiny_dir):
-    model = Model(tiny_dir / "small-ctx.gguf", RuntimeOptions(n_ctx=64, n_batch=64))
+    model = Model(tiny_dir / "small-ctx.gguf", RuntimeOptions(n_ctx=4096))  # n_batch 512
     try:
         probe = probe_numerics(model)
         assert max(probe.depths) + PROBE_SPAN + numerics.PROBE_SIZES[-1] <= model.n_ctx
