@@ -118,13 +118,16 @@ def _rows(model: Model, prefix: list[int], span: list[int], real: int, width: in
     return np.concatenate(out), statistics.median(times)
 
 
-def _partition(rows: dict[int, list[np.ndarray]]) -> list[list[int]]:
-    """Sizes grouped by logits bit-identical at every probed depth."""
+def _partition(rows: dict[int, list[np.ndarray | None]]) -> list[list[int]]:
+    """Sizes grouped by logits bit-identical at every probed depth (a size not measured at a
+    depth — None — is grouped with no other there)."""
+    def same(a: int, b: int) -> bool:
+        return all(x is not None and y is not None and np.array_equal(x, y)
+                   for x, y in zip(rows[a], rows[b]))
+
     classes: list[list[int]] = []
-    for size, at_depths in rows.items():
-        group = next((g for g in classes
-                      if all(np.array_equal(a, b) for a, b in zip(rows[g[0]], at_depths))),
-                     None)
+    for size in rows:
+        group = next((g for g in classes if same(g[0], size)), None)
         if group is None:
             classes.append([size])
         else:
@@ -132,25 +135,42 @@ def _partition(rows: dict[int, list[np.ndarray]]) -> list[list[int]]:
     return classes
 
 
+def _deep_sizes(mode: str, sizes: Sequence[int], near_start: list[int],
+                seconds: dict[int, float]) -> Sequence[int]:
+    """The sizes worth measuring deeper in the context: all of them where ``mode`` may pad plain
+    decoding into any class (an explicit reference class, or padding cheap enough), else only
+    the one-token pass's partners near the start (what verification would use)."""
+    affordable = any(seconds[s] <= numerics.PADDING_BUDGET * seconds[sizes[0]]
+                     for s in sizes[1:])
+    return sizes if mode.startswith("exact:") or affordable else near_start
+
+
 def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PROBE_SIZES,
                    depths: Sequence[int] = PROBE_DEPTHS) -> Probe:
     """Evaluate the same positions in pieces of each size, near the start of the context and
-    deep in it (kernels may change with the number of cached tokens), and group the sizes whose
-    logits are bit-identical at every depth; check whether plain decoding padded into a class
-    joins it (only for the classes ``mode`` may use: the padded check costs a pass per
-    position)."""
+    deeper in it (kernels may change with the number of cached tokens), and group the sizes
+    whose logits are bit-identical, per depth and over all depths; check whether plain decoding
+    padded into a class joins it (only for the classes ``mode`` may use: the padded check costs
+    a pass per position). Pass times are those near the start."""
     depths = sorted({max(1, min(d, model.n_ctx - PROBE_SPAN - max(sizes))) for d in depths})
     context = _probe_context(model, depths[-1] + PROBE_SPAN)
     at = [(context[:d], context[d:d + PROBE_SPAN]) for d in depths]
-    rows: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
+    rows: dict[int, list[np.ndarray | None]] = {size: [] for size in sizes}
     seconds: dict[int, float] = {}
-    for prefix, span in at:
+    measured = sizes
+    for index, (prefix, span) in enumerate(at):
         for size in sizes:
-            values, seconds[size] = _rows(model, prefix, span, size, size)
+            values = None
+            if size in measured:
+                values, took = _rows(model, prefix, span, size, size)
+                seconds.setdefault(size, took)
             rows[size].append(values)
+        if index == 0:
+            near_start = next(g for g in _partition(rows) if sizes[0] in g)
+            measured = _deep_sizes(mode, sizes, near_start, seconds)
     one = rows[sizes[0]]
     difference = max((float(np.abs(a - b).max()) for s in sizes[1:]
-                      for a, b in zip(rows[s], one)), default=0.0)
+                      for a, b in zip(rows[s], one) if a is not None), default=0.0)
     classes_at = tuple(tuple(tuple(g) for g in _partition({s: [r[i]] for s, r in rows.items()}))
                        for i in range(len(depths)))
     probe = Probe(tuple(tuple(g) for g in _partition(rows)), {}, seconds, difference,
