@@ -64,3 +64,21 @@ def test_chat_stream_stats_cross_family_stop_and_restart(isolated_home):
         client = Client(url, verbose=False)
         listed = client.predict(api_name="/conversations")
         assert any("adds two numbers" in title for title in listed), listed
+
+
+def test_an_idle_app_leaves_the_cores_to_the_engine(isolated_home, tiny_dir):
+    """The app process (UI and API server) must not poll while nothing happens: on 2 cores
+    every tick it burns is taken from llama.cpp's threads while a reply is generated (Gradio's
+    queue polled every millisecond: 9% of a core, idle)."""
+    import time
+
+    import psutil
+
+    with running_app(isolated_home, tiny_dir / "target.gguf", None) as (_, proc):
+        time.sleep(3)  # startup work done
+        app = psutil.Process(proc.pid)
+        before, started = app.cpu_times(), time.monotonic()
+        time.sleep(6)
+        after, elapsed = app.cpu_times(), time.monotonic() - started
+    busy = (after.user + after.system - before.user - before.system) / elapsed
+    assert busy < 0.02, f"the idle app used {busy:.1%} of a core"
