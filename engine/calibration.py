@@ -140,8 +140,7 @@ def _deep_sizes(mode: str, sizes: Sequence[int], near_start: list[int],
     """The sizes worth measuring deeper in the context: all of them where ``mode`` may pad plain
     decoding into any class (an explicit reference class, or padding cheap enough), else only
     the one-token pass's partners near the start (what verification would use)."""
-    affordable = any(seconds[s] <= numerics.PADDING_BUDGET * seconds[sizes[0]]
-                     for s in sizes[1:])
+    affordable = any(numerics.padding_affordable(seconds, size) for size in sizes[1:])
     return sizes if mode.startswith("exact:") or affordable else near_start
 
 
@@ -178,8 +177,8 @@ def probe_numerics(model: Model, mode: str = "exact", sizes: Sequence[int] = PRO
     if mode.startswith("exact:"):
         needed = [probe.class_of(int(mode.split(":", 1)[1]))]
     elif mode == "exact" and len(probe.class_of(1)) == 1:
-        needed = [c for c in probe.classes if 1 not in c and numerics.padding_affordable(
-            probe, min(c))]
+        needed = [c for c in probe.classes
+                  if 1 not in c and numerics.padding_affordable(seconds, min(c))]
     else:
         needed = []
     for group in needed:

@@ -164,9 +164,10 @@ class PassShape:
                    data.get("exact_until"))
 
 
-def padding_affordable(probe: Probe, rows: int) -> bool:
-    """Whether padding every plain pass to ``rows`` rows stays within ``PADDING_BUDGET``."""
-    return probe.seconds.get(rows, float("inf")) <= PADDING_BUDGET * probe.seconds.get(1, 0.0)
+def padding_affordable(seconds: dict[int, float], rows: int) -> bool:
+    """Whether padding every plain pass to ``rows`` rows stays within ``PADDING_BUDGET``, given
+    the time of a pass over n tokens (``Probe.seconds``)."""
+    return seconds.get(rows, float("inf")) <= PADDING_BUDGET * seconds.get(1, 0.0)
 
 
 def requested_mode() -> str:
@@ -194,7 +195,7 @@ def choose(probe: Probe, mode: str = "exact") -> PassShape:
     for group in candidates:
         if 1 in group:
             return PassShape("exact", 1, group)
-        affordable = mode != "exact" or padding_affordable(probe, min(group))
+        affordable = mode != "exact" or padding_affordable(probe.seconds, min(group))
         if probe.padded_joins.get(min(group)) and affordable:
             return PassShape("exact", min(group), group)
     if len(near_start) > 1:  # batched passes are exact near the start only: verify there

@@ -177,7 +177,7 @@ class Model:
         self.kv_tokens: list[int] = []
         self.busy_seconds = 0.0  # time spent inside llama_decode (profiling the loop)
         self.shape = PassShape()  # one token per pass until calibrated: exact, never fast
-        self.cache_types = ("f16", "f16")
+        self.cache_types = options.kv_types()
         self.n_ctx = 0
         if vocab_only:
             return
@@ -190,7 +190,6 @@ class Model:
         cparams.no_perf = True
         if options.flash_attn is not None:
             cparams.flash_attn_type = int(options.flash_attn)
-        self.cache_types = options.kv_types()
         cparams.type_k, cparams.type_v = (CACHE_TYPES[t] for t in self.cache_types)
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:

@@ -161,12 +161,9 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
     tail = stream.finish()
     stats.tokens = len(output)
     stats.seconds = time.perf_counter() - started
-    stats.controller_note = policy.note()
-    if too_deep:
-        stats.controller_note = ((stats.controller_note + "; ") if stats.controller_note else ""
-                                 ) + (f"plain decoding from token {too_deep} of the context on: "
-                                      "no batched pass is bit-identical to a one-token pass "
-                                      "that deep on this backend")
+    deep_note = (f"plain decoding from token {too_deep} of the context on: no batched pass is "
+                 "bit-identical to a one-token pass that deep on this backend") if too_deep else ""
+    stats.controller_note = "; ".join(note for note in (policy.note(), deep_note) if note)
     if tail:
         yield Chunk(tail, stats)
     policy.finish(stats)
