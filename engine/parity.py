@@ -21,12 +21,16 @@ from engine.costs import LiveCosts
 from engine.runtime import Model
 
 
-def raw_decode_rate(model: Model, tokens: int = 128) -> float:
+def raw_decode_rate(model: Model, tokens: int = 128, depth: int = 16) -> float:
     """Tokens per second of one-token ``llama_decode`` calls (logits computed, not read),
-    after a 16-token prefix; the KV cache is left empty."""
-    prefix = model.tokenize("def fibonacci(n):\n    a, b = 0, 1\n" * 2)[:16]
+    after a ``depth``-token prefix (16: what ``llama-bench`` tg measures; a reply to a long
+    prompt decodes deeper, where each token attends to more of the cache); the KV cache is
+    left empty."""
+    unit = model.tokenize("def fibonacci(n):\n    a, b = 0, 1\n")
+    depth = max(1, min(depth, model.n_ctx - tokens - 1))
+    prefix = (unit * (depth // len(unit) + 1))[:depth]
     model.reset()
-    model.decode(prefix, "none")
+    model.prefill(prefix)
     token = prefix[-1]
     started = time.perf_counter()
     for _ in range(tokens):

@@ -1,8 +1,8 @@
 """Window policies: which drafter runs at each step and how many tokens it drafts.
 
-``FixedWindow`` always uses one drafter and one k (the benchmark's fixed modes and the UI's
-"fixed window"). The adaptive policy lives in ``engine.adaptive_window`` and implements the same
-five methods.
+``FixedWindow`` always uses one drafter and drafts at most k tokens (the benchmark's fixed modes
+and the UI's "fixed window"); drafters with a length rule of their own keep it. The adaptive
+policy lives in ``engine.adaptive_window`` and implements the same five methods.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class FixedWindow(WindowPolicy):
 
     def start(self, prompt: Sequence[int], sampling: SamplingParams) -> None:
         self.drafter.reset(prompt, sampling)
-        # a fixed window drafts k tokens where the drafter has them: no confidence cut-off
-        self.drafter.min_confidence = self.drafter.min_path_confidence = 0.0
+        # k is a ceiling: a drafter that knows its confidence keeps its own length rule (the
+        # suffix drafter stops where P(all drafted accepted) < 0.5), not what auto last set
+        self.drafter.min_confidence, self.drafter.min_path_confidence = self.drafter.own_thresholds
 
     def choose(self) -> tuple[Drafter, int]:
         return self.drafter, self.k

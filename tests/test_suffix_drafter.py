@@ -247,6 +247,25 @@ def test_draft_length_grows_with_match_length_and_frequency_and_is_zero_on_novel
     assert drafted == 0
 
 
+def test_a_fixed_window_is_a_ceiling_not_a_length():
+    """A fixed window of k lets the suffix drafter stop where its own path confidence falls
+    below its threshold, whatever the adaptive policy set on the same drafter before."""
+    rng = random.Random(4)
+    passage = unique(rng, 80)
+    context = unique(rng, 7) + passage + unique(rng, 9) + passage[:4]
+    full = SuffixDrafter(min_path_confidence=0.0)
+    full.reset(context, None)
+    everything = len(full.propose(context, 16).tokens)
+    drafter = SuffixDrafter()  # its own rule: min_path_confidence 0.5
+    drafter.min_confidence = drafter.min_path_confidence = 0.0  # as a probe step leaves it
+    window = FixedWindow(drafter, 16)
+    window.start(context, None)
+    chosen, k = window.choose()
+    own = len(chosen.propose(context, k).tokens)
+    assert (drafter.min_confidence, drafter.min_path_confidence) == (0.0, 0.5)
+    assert 0 < own < everything == 16
+
+
 def test_feedback_adapts_the_length():
     rng = random.Random(4)
     passage = unique(rng, 400)

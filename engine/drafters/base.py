@@ -30,6 +30,9 @@ class Drafter:
     # "keep-last": the token under min_confidence is proposed, then drafting stops (a draft
     # model, as llama.cpp's p_min); "stop-before": it is not proposed
     confidence_rule = "keep-last"
+    # the drafter's own (min_confidence, min_path_confidence): what a fixed window restores
+    # after an adaptive policy has set others
+    own_thresholds: tuple[float, float] = (0.0, 0.0)
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         """Up to ``k`` tokens likely to follow ``context`` (prompt + everything accepted)."""

@@ -38,6 +38,7 @@ class ModelDrafter(Drafter):
                  target_vocab: int | None = None) -> None:
         self.model = model
         self.min_confidence = min_confidence
+        self.own_thresholds = (min_confidence, 0.0)
         # a native pair may differ in vocabulary size by up to 128 tokens (llama.cpp's rule):
         # draft only ids the target has, and give q over the target's vocabulary
         self.target_vocab = target_vocab or model.n_vocab

@@ -263,6 +263,7 @@ class SuffixDrafter(Drafter):
                  walk_cap: int = 64) -> None:
         self.max_bytes, self.min_match, self.walk_cap = max_bytes, min_match, walk_cap
         self.min_path_confidence, self.min_confidence = min_path_confidence, min_confidence
+        self.own_thresholds = (min_confidence, min_path_confidence)
         self.confidences: list[float] = []
         self.path_confidences: list[float] = []
         self.last = SuffixProposal()
