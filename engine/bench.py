@@ -226,14 +226,14 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
         f"{name} {value:.2f}x" for name, value in session.ceilings().items()), file=out)
     report = {"numerics": shape.to_dict(), "pass_parity": rows,
               "loop_over_llama": loop / max(inside, 1e-12)}
-    plain_rates = [r["tok_per_s"] for r in runs if r["mode"] == "plain"]
-    if plain_rates:
-        plain = statistics.median(plain_rates)
-        rate = raw_rate = parity.raw_decode_rate(session.target)
+    plain_runs = [r for r in runs if r["mode"] == "plain"]
+    if plain_runs:
+        plain = statistics.median(r["tok_per_s"] for r in plain_runs)
+        raw_rate = parity.raw_decode_rate(session.target)
         print(f"\nplain decoding {plain:.1f} tok/s (median of the plain runs) vs llama.cpp's "
               f"one-token decode loop {raw_rate:.1f} tok/s 16 tokens deep: {plain / raw_rate:.3f}",
               file=out)
-        depth = int(statistics.median(r["prompt_tokens"] for r in runs if r["mode"] == "plain"))
+        depth = int(statistics.median(r["prompt_tokens"] for r in plain_runs))
         if depth > 64:  # the plain runs decoded deeper than llama-bench tg looks
             deep = parity.raw_decode_rate(session.target, depth=depth)
             print(f"  the same loop {depth} tokens deep (the prompts' median): {deep:.1f} tok/s; "
@@ -241,11 +241,11 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
             report["raw_decode_deep"] = {"depth": depth, "tok_per_s": deep}
         report["raw_decode_tok_per_s"] = raw_rate
         if args.llama_bench:
-            rate = parity.llama_bench_rate(args.llama_bench, session.target)
+            bench_rate = parity.llama_bench_rate(args.llama_bench, session.target)
             print(f"llama-bench tg128 (same build, {session.target.options.threads()} threads): "
-                  f"{rate:.1f} tok/s; plain / llama-bench = "
-                  f"{statistics.median(plain_rates) / rate:.3f}", file=out)
-            report["llama_bench_tok_per_s"] = rate
+                  f"{bench_rate:.1f} tok/s; plain / llama-bench = {plain / bench_rate:.3f}",
+                  file=out)
+            report["llama_bench_tok_per_s"] = bench_rate
     return report
 
 
