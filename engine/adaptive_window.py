@@ -9,8 +9,12 @@ then timed while answering). The curve need not grow with k — on a GPU a 16-ro
 cost less than an 8-row one — so every k up to the maximum is weighed on its own.
 The controller picks the drafter and k with the best E(k)/T(k); when that is not at least
 (1 + margin) × plain speed it turns speculation off and probes again now and then. A drafter
-whose *ceiling* — the speedup it would give if every drafted token were accepted — is under
-that bar is never run nor probed: on such hardware no acceptance rate can make it pay.
+that knows its path confidence (the suffix drafter: P(tokens 0..i all accepted), calibrated on
+what was accepted) gets no window beforehand: every step it proposes a full one, the controller
+cuts it at the k with the best E(k)/T(k) by those confidences, and takes it over the choice
+above when it promises more — a repeated passage earns a long draft at once, novel text none.
+A drafter whose *ceiling* — the speedup it would give if every drafted token were accepted — is
+under that bar is never run nor probed: on such hardware no acceptance rate can make it pay.
 Costs are the calibration's (raw passes plus the loop's measured overhead) until the loop has
 timed a few steps of a size while answering; from then on the observed running medians
 (``LiveCosts``), so a calibration taken at an unlucky moment is corrected within a reply.
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.costs import LOOKUP_DRAFTERS, Costs, LiveCosts
-from engine.drafters.base import Drafter
+from engine.drafters.base import Draft, Drafter
 from engine.sampling import SamplingParams
 from engine.stats import MessageStats, StepStats
 from engine.window import WindowPolicy
@@ -87,13 +91,15 @@ def expected_tokens(rates: Sequence[float], k: int) -> float:
 
 
 def best_window(rates: Sequence[float], draft_cost: float, step_cost: Callable[[int], float],
-                max_k: int = MAX_WINDOW) -> tuple[int, float]:
+                max_k: int = MAX_WINDOW, chained: bool = False) -> tuple[int, float]:
     """(k, expected tokens per second) maximising E(k)/T(k) over k = 0..max_k;
-    ``step_cost(n)``: seconds of a loop step that evaluates n tokens."""
+    ``step_cost(n)``: seconds of a loop step that evaluates n tokens. ``rates``: per position,
+    the acceptance given the tokens before were accepted, or with ``chained`` the probability
+    that all tokens up to this one are."""
     best_k, best_speed = 0, 1.0 / step_cost(1)
     expected, chain = 1.0, 1.0  # E(k), built up one position at a time
     for k in range(1, max_k + 1):
-        chain *= rates[k - 1]
+        chain = rates[k - 1] if chained else chain * rates[k - 1]
         expected += chain
         speed = expected / (k * draft_cost + step_cost(k + 1))
         if speed > best_speed:
@@ -187,6 +193,7 @@ class AdaptiveController(WindowPolicy):
         self._off_steps = 0
         self._probe_every = PROBE_EVERY
         self._current: tuple[Drafter, int] = (Drafter(), 0)
+        self._assessors: list[Drafter] = []
 
     def set_category(self, category: str) -> None:
         self.category = category
@@ -215,8 +222,9 @@ class AdaptiveController(WindowPolicy):
         self.ceilings = {d.name: ceiling(self._draft_cost(d), step_cost, self.max_window)
                          for d in self.drafters}
         candidates = [d for d in self.drafters if self.ceilings[d.name] >= 1.0 + self.margin]
+        self._assessors = [d for d in candidates if d.knows_path_confidence]
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)
-        for drafter in candidates:
+        for drafter in [d for d in candidates if not d.knows_path_confidence]:
             k, speed = best_window(self.estimates[drafter.name].rates(), self._draft_cost(drafter),
                                    step_cost, self.max_window)
             if k and speed > best[2]:
@@ -227,7 +235,8 @@ class AdaptiveController(WindowPolicy):
             self._off_steps += 1
             # probe with the cheapest drafter: a draft model's probe would first have to catch
             # its cache up with everything generated since it last ran
-            probe = min(candidates, key=self._draft_cost) if candidates else None
+            others = [d for d in candidates if not d.knows_path_confidence]
+            probe = min(others, key=self._draft_cost) if others else None
             if probe is not None and self._off_steps >= self._probe_interval(probe, step_cost):
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
@@ -248,6 +257,31 @@ class AdaptiveController(WindowPolicy):
                        "vs plain")
         self._current = (drafter, k)
         return self._current
+
+    def draft(self, context: Sequence[int], room: int) -> tuple[Drafter, int, Draft]:
+        """The choice by measured acceptance (``choose``), unless a drafter that knows its
+        path confidence promises more: it proposes a full window, cut where one more token
+        no longer pays (the k maximising E(k)/T(k), E from its own path confidences)."""
+        drafter, k = self.choose()
+        rival = 1.0 + self.margin
+        if k and self.reason != "probing":
+            rival = max(rival, self.expected_speedup)
+        step_cost = self.costs.curve.verify
+        for assessor in self._assessors if room > 0 else ():
+            assessor.min_confidence = assessor.min_path_confidence = 0.0
+            proposal = assessor.propose(context, min(self.max_window, room))
+            chain = list(assessor.path_confidences[:len(proposal.tokens)])
+            cut, speed = best_window(chain, self._draft_cost(assessor), step_cost, len(chain),
+                                     chained=True)
+            speedup = speed * step_cost(1)
+            if cut and speedup >= rival:
+                drafter, k, rival = assessor, cut, speedup
+                self.expected_speedup = speedup
+                self.reason = (f"{assessor.name}: {cut} tokens by its own confidence, expected "
+                               f"{speedup:.2f}x vs plain")
+                self._current = (assessor, cut)
+                return assessor, cut, proposal.head(cut)
+        return drafter, k, drafter.propose(context, min(k, room)) if min(k, room) > 0 else Draft()
 
     def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float]) -> float:
         """Steps between probes: the backing-off schedule, but never so often that failed

@@ -13,12 +13,16 @@ Also printed: the numerics in use (and, in fast numerics, the tokens decided by 
 the measured rounding difference); the loop's cost per pass size beside llama.cpp's raw time
 for the same pass; the loop's time against the time spent inside llama.cpp; plain decoding
 against llama.cpp's own one-token rate (``--llama-bench PATH`` adds llama-bench tg128 itself);
-with ``--costs``, the speedup each mode's recorded steps would give at another machine's costs.
+with ``--costs``, the speedup each mode would give at another machine's costs (fixed modes:
+their recorded steps re-costed; auto: the window policy replayed there over the lookup drafters);
+in greedy runs, the copy ceiling: the most accepted tokens per step that any drafter copying
+from the request itself could get (``engine.replay.copy_ceiling``) beside the lookup drafters'.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,9 +34,10 @@ from pathlib import Path
 import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/worker.py)
 
 from engine import hardware, parity
-from engine.costs import Costs
+from engine.adaptive_window import AdaptiveController
+from engine.costs import LOOKUP_DRAFTERS, Costs
 from engine.prompting import prompt_tokens
-from engine.replay import Trace, load_costs, record
+from engine.replay import Trace, copy_ceiling, load_costs, record, replay
 from engine.session import ChatRequest, LoadRequest, Session
 from engine.speculative import Finished, GenerationParams, Step, generate
 
@@ -87,12 +92,19 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
     steps: list[Step] = []
     if not args.keep_memory:  # else a run would draft the reply the plain run just gave
         session.drafters()["suffix"].forget()
+    # for replaying auto on other machines' costs: the lookup drafters as this run finds them
+    lookups = ({name: copy.deepcopy(d) for name, d in session.drafters().items()
+                if name in LOOKUP_DRAFTERS} if kind == "auto" and args.costs else {})
     done = None
     for event in session.chat(request, on_step=steps.append):
         if event["type"] == "done":
             done = event
     assert done is not None
     stats = done["stats"]
+    reply = [token for s in steps for token in s.emitted]
+    trace = (record(prompt["id"], done["category"], prompt_tokens(session.target,
+                                                                   prompt["messages"]),
+                    reply, lookups) if lookups else None)
     return {"prompt_id": prompt["id"], "category": prompt["category"], "mode": mode,
             "drafter": stats["drafter"], "tokens": stats["tokens"], "seconds": stats["seconds"],
             "tok_per_s": stats["tok_per_s"], "drafted": stats["drafted"],
@@ -102,7 +114,8 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
             "pass_seconds": sum(s.stats.pass_seconds for s in steps),
             "target_seconds": sum(s.stats.target_seconds for s in steps),
             "draft_seconds": sum(s.stats.draft_seconds for s in steps if s.stats.drafted),
-            "steps": [[s.stats.drafter, s.stats.drafted, s.stats.accepted] for s in steps]}
+            "steps": [[s.stats.drafter, s.stats.drafted, s.stats.accepted] for s in steps],
+            "reply_tokens": reply, "trace": trace}
 
 
 def record_traces(session: Session, prompts: list[dict], max_tokens: int) -> list[Trace]:
@@ -126,9 +139,19 @@ def record_traces(session: Session, prompts: list[dict], max_tokens: int) -> lis
 
 
 def projected(run: dict, costs: Costs) -> float:
-    """Seconds this run's steps would take at ``costs`` (the same drafts, the same outcomes)."""
-    return sum(drafted * costs.draft_cost(drafter) + costs.curve.verify(drafted + 1)
-               for drafter, drafted, _ in run["steps"])
+    """Speedup over plain decoding at ``costs``. A run with a trace (auto) replays the window
+    policy there over its lookup drafters' proposals: it would choose other windows on other
+    costs (the draft model is left out: tracing it costs a draft per position). Other runs
+    re-cost their own steps (the same drafts, the same outcomes)."""
+    trace: Trace | None = run.get("trace")
+    if trace is not None:
+        return replay(trace, costs, lambda drafters, live: AdaptiveController(
+            drafters, costs, category=trace.category, live=live)).speedup
+    # plain on that machine: one step per token emitted (the end token included)
+    plain = sum(accepted + 1 for _, _, accepted in run["steps"]) * costs.curve.verify(1)
+    spent = sum(drafted * costs.draft_cost(drafter) + costs.curve.verify(drafted + 1)
+                for drafter, drafted, _ in run["steps"])
+    return plain / max(spent, 1e-12)
 
 
 def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> list[dict]:
@@ -153,17 +176,46 @@ def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> 
             / max(sum(r["target_passes"] for r in group), 1),
             "accepted_per_pass": sum(r["accepted"] for r in group)
             / max(sum(r["target_passes"] for r in group), 1),
+            # a step: one draft and its verification, however many passes that took
+            "accepted_per_step": sum(r["accepted"] for r in group)
+            / max(sum(len(r["steps"]) for r in group), 1),
             "draft_ms_per_token": 1000 * sum(r.get("draft_seconds", 0.0) for r in group)
             / drafted if drafted else None,
             "near_ties": sum(r.get("near_ties", 0) for r in group),
         }
         for name, cost in (projections or {}).items():
-            # plain on that machine: one step per token emitted (the end token included)
-            row[f"projected:{name}"] = statistics.median(
-                sum(accepted + 1 for _, _, accepted in r["steps"]) * cost.curve.verify(1)
-                / max(projected(r, cost), 1e-12) for r in group)
+            row[f"projected:{name}"] = statistics.median(projected(r, cost) for r in group)
         summary.append(row)
     return summary
+
+
+def copy_ceilings(session: Session, prompts: list[dict], runs: list[dict],
+                  summary: list[dict], window: int, out=sys.stdout) -> dict:
+    """Per category, accepted tokens per step at ``window`` of the copy oracle
+    (``engine.replay.copy_ceiling``) over the plain replies, beside each lookup drafter's own
+    figure at ``fixed:window``: how far they are from what copying the request can give."""
+    reply = {r["prompt_id"]: r["reply_tokens"] for r in runs if r["mode"] == "plain"}
+    totals: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for prompt in prompts:
+        tokens = prompt_tokens(session.target, prompt["messages"])
+        for min_match in (2, 1):
+            accepted, steps = copy_ceiling(tokens, reply[prompt["id"]], window, min_match)
+            for category in (prompt["category"], "all"):
+                totals[(category, min_match)][0] += accepted
+                totals[(category, min_match)][1] += steps
+    own = {(row["category"], row["mode"]): row["accepted_per_step"] for row in summary}
+    print(f"\ncopy ceiling at window {window}: accepted tokens per step of a drafter that always "
+          "picks the best earlier occurrence in the request itself (the plain replies):",
+          file=out)
+    result = {}
+    for category in sorted({c for c, _ in totals}):
+        two, one = (totals[(category, m)][0] / max(totals[(category, m)][1], 1) for m in (2, 1))
+        drafters = {d: own[(category, f"fixed:{window}/{d}")] for d in ("ngram", "suffix")
+                    if (category, f"fixed:{window}/{d}") in own}
+        print(f"  {category:10} matching 2 tokens {two:5.2f}   matching 1 token {one:5.2f}"
+              + "".join(f"   {d} {v:5.2f}" for d, v in drafters.items()), file=out)
+        result[category] = {"min_match_2": two, "min_match_1": one, **drafters}
+    return result
 
 
 def divergences(runs: list[dict]) -> list[dict]:
@@ -181,7 +233,7 @@ def divergences(runs: list[dict]) -> list[dict]:
 def print_table(summary: list[dict], out=sys.stdout) -> None:
     projections = sorted({k for row in summary for k in row if k.startswith("projected:")})
     print(f"{'category':10} {'mode':18} {'tok/s':>7} {'speedup':>8} {'accept':>7} {'tok/pass':>8}"
-          f" {'acc/pass':>8} {'draft ms/tok':>12}"
+          f" {'acc/pass':>8} {'acc/step':>8} {'draft ms/tok':>12}"
           + "".join(f" {p.split(':', 1)[1][:18]:>18}" for p in projections), file=out)
     for row in summary:
         acc = "-" if row["acceptance"] is None else f"{100 * row['acceptance']:.0f}%"
@@ -189,7 +241,8 @@ def print_table(summary: list[dict], out=sys.stdout) -> None:
         cost = row["draft_ms_per_token"]
         print(f"{row['category']:10} {row['mode']:18} {row['tok_per_s']:7.1f} "
               f"{row['speedup_vs_plain']:7.2f}x {acc:>7} {row['tokens_per_pass']:8.2f} "
-              f"{row['accepted_per_pass']:8.2f} {'-' if cost is None else f'{cost:.3f}':>12}"
+              f"{row['accepted_per_pass']:8.2f} {row['accepted_per_step']:8.2f} "
+              f"{'-' if cost is None else f'{cost:.3f}':>12}"
               + "".join(f" {row[p]:17.2f}x" for p in projections) + noise, file=out)
 
 
@@ -229,17 +282,15 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
     plain_runs = [r for r in runs if r["mode"] == "plain"]
     if plain_runs:
         plain = statistics.median(r["tok_per_s"] for r in plain_runs)
-        raw_rate = parity.raw_decode_rate(session.target)
-        print(f"\nplain decoding {plain:.1f} tok/s (median of the plain runs) vs llama.cpp's "
-              f"one-token decode loop {raw_rate:.1f} tok/s 16 tokens deep: {plain / raw_rate:.3f}",
-              file=out)
-        depth = int(statistics.median(r["prompt_tokens"] for r in plain_runs))
-        if depth > 64:  # the plain runs decoded deeper than llama-bench tg looks
-            deep = parity.raw_decode_rate(session.target, depth=depth)
-            print(f"  the same loop {depth} tokens deep (the prompts' median): {deep:.1f} tok/s; "
-                  f"plain / it = {plain / deep:.3f}", file=out)
-            report["raw_decode_deep"] = {"depth": depth, "tok_per_s": deep}
-        report["raw_decode_tok_per_s"] = raw_rate
+        ratios = sorted(r["tok_per_s"] / r["raw_decode_tok_per_s"] for r in plain_runs
+                        if r.get("raw_decode_tok_per_s"))
+        if ratios:
+            median = statistics.median(ratios)
+            print(f"\nplain decoding / llama.cpp's one-token decode loop (as many tokens, as "
+                  f"deep, right after each prompt's first plain run): median {median:.3f} "
+                  f"(from {ratios[0]:.3f} to {ratios[-1]:.3f} over {len(ratios)} prompts)",
+                  file=out)
+            report["plain_over_raw_decode"] = median
         if args.llama_bench:
             bench_rate = parity.llama_bench_rate(args.llama_bench, session.target)
             print(f"llama-bench tg128 (same build, {session.target.options.threads()} threads): "
@@ -305,12 +356,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     modes = expand_modes(args.modes.split(","), drafters)
     runs = []
+    raw_measured: set[str] = set()
     for prompt in [p for p in prompts for _ in range(args.repeats)]:
         for label, mode, drafter in modes:
             for current_label, current_mode, current_drafter in (("plain", "plain", "none"),
                                                                  (label, mode, drafter)):
                 run = run_one(session, prompt, current_mode, current_drafter, args)
                 run["label"] = current_label
+                if (current_mode == "plain" and prompt["id"] not in raw_measured
+                        and run["tokens"] >= 32):  # a short reply's rate is mostly noise
+                    # llama.cpp's own loop, right after and as deep: drift hits both alike
+                    raw_measured.add(prompt["id"])
+                    run["raw_decode_tok_per_s"] = parity.raw_decode_rate(
+                        session.target, tokens=run["tokens"],
+                        depth=run["prompt_tokens"])
                 runs.append(run)
                 print(f"{prompt['id']:8} {current_label:18} {run['tok_per_s']:6.1f} tok/s "
                       f"acc {run['accepted']}/{run['drafted']}", file=sys.stderr, flush=True)
@@ -318,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs, projections)
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
+    windows = [int(m.split(":")[1]) for m in args.modes.split(",") if m.startswith("fixed:")]
+    copying = (copy_ceilings(session, prompts, runs, summary, max(windows or [8]))
+               if args.temperature == 0 and any(r["mode"] == "plain" for r in runs) else {})
     limits = session.ceilings()
     machine_report = print_machine_report(session, runs, args)
     if args.temperature == 0:
@@ -332,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                    "threads": info["threads"], "gpu_layers": info["gpu_layers"]}
         report = {"machine": machine, "target": args.target, "draft": args.draft,
                   "compatibility": info.get("compatibility"),
-                  "calibration": info.get("calibration"), "ceilings": limits, "runs": runs,
-                  "summary": summary, "divergent": diverged, **machine_report}
+                  "calibration": info.get("calibration"), "ceilings": limits,
+                  "runs": [{k: v for k, v in r.items() if k != "trace"} for r in runs],
+                  "summary": summary, "divergent": diverged, "copy_ceiling": copying,
+                  **machine_report}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     session.close()

@@ -15,12 +15,15 @@ Not for: the decoding loop itself (``engine.speculative``) or measuring costs.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 from engine.costs import CostCurve, Costs, LiveCosts
 from engine.drafters.base import Draft, Drafter
+from engine.drafters.suffix import SuffixAutomaton
 from engine.sampling import SamplingParams
 from engine.stats import StepStats
 from engine.window import WindowPolicy
@@ -80,12 +83,49 @@ def record(prompt_id: str, category: str, prompt: Sequence[int], reply: Sequence
     return trace
 
 
+def copy_ceiling(prompt: Sequence[int], reply: Sequence[int], window: int,
+                 min_match: int = 2) -> tuple[int, int]:
+    """(accepted, steps) of an oracle that, at every step of a fixed ``window`` over the
+    greedy ``reply``, drafts the best continuation of *any* earlier occurrence of the text's
+    last ``min_match`` tokens in prompt + reply so far: the most that a drafter copying from
+    the request itself (n-gram, suffix: whichever occurrence they pick, however long they
+    draft) can have accepted. Not a bound for a drafter that also remembers other requests."""
+    index = SuffixAutomaton()
+    index.extend(prompt)
+    text = [*prompt]
+    accepted = steps = position = 0
+    while position < len(reply):
+        state = 0
+        for token in text[-min_match:] if len(text) >= min_match else ():
+            state = index.follow(state, token)
+            if state < 0:
+                break
+        hits = 0
+        if state > 0:
+            for token in reply[position:position + min(window, len(reply) - position - 1)]:
+                state = index.follow(state, token)
+                if state < 0:
+                    break
+                hits += 1
+        accepted, steps = accepted + hits, steps + 1
+        new = reply[position:position + hits + 1]
+        index.extend(new)
+        text.extend(new)
+        position += hits + 1
+    return accepted, steps
+
+
 class _Replayed(Drafter):
     """A drafter that proposes what the trace says it proposed at the current position."""
 
     def __init__(self, name: str, trace: Trace) -> None:
         self.name, self.trace, self.position, self.hits = name, trace, 0, 0
         self.confidences: list[float] = []
+        self.path_confidences: list[float] = []
+        # a stop-before drafter's recorded confidences are conditional: their running product
+        # is its path confidence
+        self.knows_path_confidence = (trace.rules.get(name) == "stop-before"
+                                      and name in trace.confidences)
 
     def propose(self, context: Sequence[int] | None, k: int) -> Draft:
         n = min(k, self.trace.proposed[self.name][self.position])
@@ -100,6 +140,7 @@ class _Replayed(Drafter):
                     n = i if before else i + 1
                     break
         self.confidences = list(own[:n])
+        self.path_confidences = list(accumulate(self.confidences, operator.mul))
         self.hits = min(n, self.trace.matched[self.name][self.position])
         return Draft([0] * n)
 
@@ -134,11 +175,9 @@ def replay(trace: Trace, costs: Costs, policy_for: Callable[[list[Drafter], Live
     while position < len(trace.reply):
         for drafter in drafters:
             drafter.position = position
-        drafter, k = policy.choose()
-        room = len(trace.reply) - position - 1
-        draft = drafter.propose(None, min(k, room)) if k > 0 and room > 0 else Draft()
+        drafter, k, draft = policy.draft((), max(len(trace.reply) - position - 1, 0))
         n = len(draft.tokens)
-        accepted = drafter.hits if n else 0
+        accepted = min(drafter.hits, n) if n else 0  # the policy may have cut the proposal
         step = StepStats(drafter.name if n else "none", k, n, accepted,
                          n * costs.draft_cost(drafter.name), curve.verify(n + 1))
         seconds += step.draft_seconds + step.pass_seconds

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.drafters.base import Drafter
+from engine.drafters.base import Draft, Drafter
 from engine.errors import ContextFull
 from engine.runtime import Model
 from engine.sampling import SamplingParams, distribution
@@ -103,13 +103,12 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         t0 = time.perf_counter()
         exact_room = target.shape.draft_room(len(target.kv_tokens))
         if exact_room == 0:  # this deep, no batched pass is bit-identical to a one-token pass
-            drafter, k = Drafter(), 0
+            drafter, k, draft = Drafter(), 0, Draft()
             too_deep = too_deep or len(target.kv_tokens)
         else:
-            drafter, k = policy.choose()
             room = room if exact_room is None else min(room, exact_room)
-        draft = drafter.propose(context, min(k, room)) if k > 0 and room > 0 else None
-        drafted = draft.tokens if draft else []
+            drafter, k, draft = policy.draft(context, room)
+        drafted = draft.tokens
         t1 = time.perf_counter()
         n_past, busy = len(target.kv_tokens), target.busy_seconds
         batch = [context[-1], *drafted]
@@ -119,7 +118,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
             accepted, token = verify_greedy(evaluation.choices, drafted)
         else:
             p_rows = [distribution(row, sampling) for row in evaluation.rows]
-            accepted, token = verify_sampling(p_rows, drafted, draft.q_rows if draft else None,
+            accepted, token = verify_sampling(p_rows, drafted, draft.q_rows,
                                               rng)
         target.truncate(n_past + 1 + accepted)
         emitted = [*drafted[:accepted], token]

@@ -2,14 +2,14 @@
 
 ``FixedWindow`` always uses one drafter and drafts at most k tokens (the benchmark's fixed modes
 and the UI's "fixed window"); drafters with a length rule of their own keep it. The adaptive
-policy lives in ``engine.adaptive_window`` and implements the same five methods.
+policy lives in ``engine.adaptive_window`` and implements the same methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.drafters.base import Drafter
+from engine.drafters.base import Draft, Drafter
 from engine.sampling import SamplingParams
 from engine.stats import MessageStats, StepStats
 
@@ -20,6 +20,13 @@ class WindowPolicy:
 
     def choose(self) -> tuple[Drafter, int]:
         raise NotImplementedError
+
+    def draft(self, context: Sequence[int], room: int) -> tuple[Drafter, int, Draft]:
+        """This step's drafter, the window asked of it and its draft of at most ``room``
+        tokens after ``context`` (the prompt and everything accepted); an empty draft: a plain
+        step."""
+        drafter, k = self.choose()
+        return drafter, k, drafter.propose(context, min(k, room)) if min(k, room) > 0 else Draft()
 
     def observe(self, step: StepStats) -> None:
         """The outcome of the step just run."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from engine.adaptive_window import (
     PROBE_BUDGET,
     AcceptanceEstimate,
@@ -16,6 +18,9 @@ from engine.adaptive_window import (
 )
 from engine.costs import CostCurve, Costs, LiveCosts
 from engine.drafters.base import Drafter
+from engine.drafters.ngram import NgramDrafter
+from engine.drafters.suffix import SuffixDrafter
+from engine.replay import matching
 from engine.sampling import SamplingParams
 from engine.stats import StepStats
 
@@ -200,3 +205,43 @@ def test_lookup_drafters_cost_nothing_until_timed_even_beside_a_draft_model():
     ctl.start([1, 2, 3], SamplingParams())
     ctl.choose()
     assert ctl.ceilings["suffix"] == ctl.ceilings["ngram"] > 1.5
+
+
+def _decode(policy, prompt: list[int], reply: list[int], curve: CostCurve) -> tuple[float, int]:
+    """(speedup over plain, tokens drafted) of the decoding loop's steps over a greedy ``reply``
+    at ``curve``'s step costs: as ``engine.speculative`` runs them, the target being the reply."""
+    live = LiveCosts()
+    policy.live = live
+    policy.start(prompt, SamplingParams())
+    seconds, position, drafted = 0.0, 0, 0
+    while position < len(reply):
+        drafter, k, draft = policy.draft([*prompt, *reply[:position]], len(reply) - position - 1)
+        n = len(draft.tokens)
+        hits = matching(draft.tokens, reply[position:])
+        if n:
+            drafter.accepted(hits, n)
+        step = StepStats(drafter.name if n else "none", k, n, hits, 0.0, curve.verify(n + 1))
+        policy.observe(step)
+        live.observe(step)
+        seconds, position, drafted = seconds + step.pass_seconds, position + hits + 1, drafted + n
+    return len(reply) * curve.verify(1) / seconds, drafted
+
+
+def test_a_remembered_passage_is_drafted_at_once_by_the_suffix_drafters_own_confidence():
+    """A reply that repeats an earlier one (an agent re-sending a request): the suffix drafter
+    knows from its match that the draft will hold, so auto drafts long at once on a CPU-steep
+    curve where windows learned from acceptance would start from a prior that does not pay.
+    Novel text: nothing matches, nothing is drafted, nothing is lost."""
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(0, 5000, 60)]
+    passage = [int(t) for t in rng.integers(0, 5000, 200)]
+    suffix = SuffixDrafter()
+    suffix.remember(passage)
+    costs = Costs(STEEP, {"ngram": 0.0, "suffix": 0.0})
+    speedup, drafted = _decode(AdaptiveController([NgramDrafter(), suffix], costs), prompt,
+                               passage, STEEP)
+    assert speedup > 1.25 and drafted > 150, (speedup, drafted)
+    novel = [int(t) for t in rng.integers(0, 5000, 200)]
+    speedup, drafted = _decode(AdaptiveController([NgramDrafter(), SuffixDrafter()], costs),
+                               prompt, novel, STEEP)
+    assert speedup >= 1 - PROBE_BUDGET and drafted < 10, (speedup, drafted)

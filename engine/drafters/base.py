@@ -17,6 +17,10 @@ class Draft:
     # q_rows[i]: the distribution tokens[i] was drawn from (target vocabulary); None: one-hot
     q_rows: list[np.ndarray] | None = None
 
+    def head(self, n: int) -> Draft:
+        """The first ``n`` drafted tokens."""
+        return Draft(self.tokens[:n], None if self.q_rows is None else self.q_rows[:n])
+
 
 class Drafter:
     name = "none"
@@ -33,6 +37,11 @@ class Drafter:
     # the drafter's own (min_confidence, min_path_confidence): what a fixed window restores
     # after an adaptive policy has set others
     own_thresholds: tuple[float, float] = (0.0, 0.0)
+    # drafters whose proposals come with path_confidences[i] — their own calibrated estimate
+    # of P(tokens 0..i all accepted) — let the adaptive policy cut each draft where the next
+    # token stops paying for itself, instead of fixing a window beforehand
+    knows_path_confidence = False
+    path_confidences: Sequence[float] = ()
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         """Up to ``k`` tokens likely to follow ``context`` (prompt + everything accepted)."""

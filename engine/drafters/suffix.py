@@ -184,6 +184,11 @@ class SuffixAutomaton:
         for token in tokens:
             self.append(token)
 
+    def follow(self, state: int, token: int) -> int:
+        """The state reached when ``token`` follows ``state``'s strings, or -1 if it never did."""
+        edge = self.trans.get(token * _K + state)
+        return -1 if edge is None else self.edge_child[edge]
+
     def step(self, state: int, matched: int, token: int) -> tuple[int, int]:
         """Matching another text: the state and length of its longest suffix found here once
         ``token`` follows a suffix that was at ``state`` with ``matched`` tokens."""
@@ -257,6 +262,7 @@ class SuffixProposal:
 class SuffixDrafter(Drafter):
     name = "suffix"
     confidence_rule = "stop-before"
+    knows_path_confidence = True
 
     def __init__(self, max_bytes: int = 64 * 2**20, min_match: int = 2,
                  min_path_confidence: float = 0.5, min_confidence: float = 0.0,
