@@ -190,7 +190,8 @@ def summarise(runs: list[dict], projections: dict[str, Costs] | None = None) -> 
 
 
 def copy_ceilings(session: Session, prompts: list[dict], runs: list[dict],
-                  summary: list[dict], window: int, out=sys.stdout) -> dict:
+                  summary: list[dict], window: int, remembered: bool = False,
+                  out=sys.stdout) -> dict:
     """Per category, accepted tokens per step at ``window`` of the copy oracle
     (``engine.replay.copy_ceiling``) over the plain replies, beside each lookup drafter's own
     figure at ``fixed:window``: how far they are from what copying the request can give."""
@@ -205,8 +206,9 @@ def copy_ceilings(session: Session, prompts: list[dict], runs: list[dict],
                 totals[(category, min_match)][1] += steps
     own = {(row["category"], row["mode"]): row["accepted_per_step"] for row in summary}
     print(f"\ncopy ceiling at window {window}: accepted tokens per step of a drafter that always "
-          "picks the best earlier occurrence in the request itself (the plain replies):",
-          file=out)
+          "picks the best earlier occurrence in the request itself (the plain replies)"
+          + ("; with --keep-memory the suffix drafter also copies earlier runs, beyond it"
+             if remembered else "") + ":", file=out)
     result = {}
     for category in sorted({c for c, _ in totals}):
         two, one = (totals[(category, m)][0] / max(totals[(category, m)][1], 1) for m in (2, 1))
@@ -378,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     diverged = divergences(runs) if args.temperature == 0 else []
     print_table(summary)
     windows = [int(m.split(":")[1]) for m in args.modes.split(",") if m.startswith("fixed:")]
-    copying = (copy_ceilings(session, prompts, runs, summary, max(windows or [8]))
+    copying = (copy_ceilings(session, prompts, runs, summary, max(windows or [8]),
+                             args.keep_memory)
                if args.temperature == 0 and any(r["mode"] == "plain" for r in runs) else {})
     limits = session.ceilings()
     machine_report = print_machine_report(session, runs, args)

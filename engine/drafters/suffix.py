@@ -47,9 +47,9 @@ frequent → higher) and learned from ``accepted``. The draft stops at k, at a t
 confidence is below ``min_confidence``, where the running product drops below
 ``min_path_confidence``, or where the continuation runs out. So a long, frequent match earns
 a long draft, a short or ambiguous one a short draft or none, and novel text none (the match
-must be at least ``min_match`` tokens). ``k`` is only a ceiling: a policy that knows its costs
-sets ``min_path_confidence`` (draft token i only while P(0..i accepted) pays for the extra
-verified token) or asks for a long draft and cuts it by ``path_confidences``.
+must be at least ``min_match`` tokens). ``k`` is only a ceiling: the adaptive policy asks for a
+full window with both thresholds at 0 and cuts the draft where the next token no longer pays
+by ``path_confidences`` (``knows_path_confidence``); a fixed window keeps the rule above.
 
 Index: a suffix automaton per text (the context; one per store, documents joined by unique
 separators so no match crosses two). Why an automaton and not a suffix tree: it is built
