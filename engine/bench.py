@@ -83,6 +83,15 @@ def expand_modes(modes: list[str], drafters: list[str]) -> list[tuple[str, str, 
     return out
 
 
+PLAIN = ("plain", "plain", "none")
+
+
+def interleaved(modes: list[str], drafters: list[str]) -> list[tuple[str, str, str]]:
+    """One prompt's run order: a plain run before each other mode, so drift hits all alike;
+    plain alone when nothing else is asked for."""
+    return [run for mode in expand_modes(modes, drafters) for run in (PLAIN, mode)] or [PLAIN]
+
+
 def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> dict:
     kind, _, window = mode.partition(":")
     request = ChatRequest(prompt["messages"], max_tokens=args.max_tokens,
@@ -356,25 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         args.traces.write_text(json.dumps([t.to_dict() for t in traces]))
         session.close()
         return 0
-    modes = expand_modes(args.modes.split(","), drafters)
+    sequence = interleaved(args.modes.split(","), drafters)
     runs = []
     raw_measured: set[str] = set()
     for prompt in [p for p in prompts for _ in range(args.repeats)]:
-        for label, mode, drafter in modes:
-            for current_label, current_mode, current_drafter in (("plain", "plain", "none"),
-                                                                 (label, mode, drafter)):
-                run = run_one(session, prompt, current_mode, current_drafter, args)
-                run["label"] = current_label
-                if (current_mode == "plain" and prompt["id"] not in raw_measured
-                        and run["tokens"] >= 32):  # a short reply's rate is mostly noise
-                    # llama.cpp's own loop, right after and as deep: drift hits both alike
-                    raw_measured.add(prompt["id"])
-                    run["raw_decode_tok_per_s"] = parity.raw_decode_rate(
-                        session.target, tokens=run["tokens"],
-                        depth=run["prompt_tokens"])
-                runs.append(run)
-                print(f"{prompt['id']:8} {current_label:18} {run['tok_per_s']:6.1f} tok/s "
-                      f"acc {run['accepted']}/{run['drafted']}", file=sys.stderr, flush=True)
+        for current_label, current_mode, current_drafter in sequence:
+            run = run_one(session, prompt, current_mode, current_drafter, args)
+            run["label"] = current_label
+            if (current_mode == "plain" and prompt["id"] not in raw_measured
+                    and run["tokens"] >= 32):  # a short reply's rate is mostly noise
+                # llama.cpp's own loop, right after and as deep: drift hits both alike
+                raw_measured.add(prompt["id"])
+                run["raw_decode_tok_per_s"] = parity.raw_decode_rate(
+                    session.target, tokens=run["tokens"],
+                    depth=run["prompt_tokens"])
+            runs.append(run)
+            print(f"{prompt['id']:8} {current_label:18} {run['tok_per_s']:6.1f} tok/s "
+                  f"acc {run['accepted']}/{run['drafted']}", file=sys.stderr, flush=True)
     projections = {path.stem: load_costs(path) for path in args.costs}
     summary = summarise(runs, projections)
     diverged = divergences(runs) if args.temperature == 0 else []
