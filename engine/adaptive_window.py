@@ -133,17 +133,19 @@ class ConfidenceThreshold:
             self.value = self._fit()
 
     def _fit(self) -> float:
-        conf = np.asarray(self.confidences)
-        good = np.asarray(self.outcomes, dtype=bool)
-        best, best_cost = self.value, np.inf
-        for threshold in np.unique(conf):
-            keep = conf >= threshold
-            fpr = (keep & ~good).sum() / max((~good).sum(), 1)
-            fnr = (~keep & good).sum() / max(good.sum(), 1)
-            cost = fpr + 3 * fnr
-            if cost < best_cost:
-                best, best_cost = float(threshold), cost
-        return best
+        """The candidate threshold (a confidence seen) with the lowest FPR + 3·FNR, the lowest
+        such one on ties. O(n log n) over the pairs kept: it runs after every drafting step,
+        which on a GPU costs a few milliseconds in all."""
+        order = np.argsort(self.confidences, kind="stable")
+        conf = np.asarray(self.confidences)[order]
+        good = np.asarray(self.outcomes, dtype=np.int64)[order]
+        values, first = np.unique(conf, return_index=True)  # keep = conf >= values[j]
+        good_below = np.concatenate(([0], np.cumsum(good)))[first]  # rejected by values[j]
+        n_good = int(good.sum())
+        n_bad = len(good) - n_good
+        bad_kept = n_bad - (first - good_below)
+        cost = bad_kept / max(n_bad, 1) + 3 * good_below / max(n_good, 1)
+        return float(values[int(np.argmin(cost))])
 
 
 class AcceptanceMemory:
@@ -305,7 +307,8 @@ class AdaptiveController(WindowPolicy):
         if not step.drafted or drafter.name not in self.estimates:
             return
         self.estimates[drafter.name].observe(step.drafted, step.accepted)
-        if drafter.confidences:
+        # a drafter that knows its path confidence is cut by E(k)/T(k), never by a threshold
+        if drafter.confidences and not drafter.knows_path_confidence:
             self.thresholds[drafter.name].observe(drafter.confidences, step.accepted)
 
     def note(self) -> str:

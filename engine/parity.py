@@ -5,7 +5,8 @@
 - ``llama_bench_rate``: ``llama-bench`` itself (tg128, same model, threads and GPU layers),
   when the user has built it (``--llama-bench PATH``);
 - ``pass_parity``: per pass size, the loop's measured cost of a step (everything but drafting)
-  beside llama.cpp's raw time for the same pass.
+  beside the time spent inside llama.cpp's calls in those same steps, and llama.cpp's raw time
+  for that pass as calibrated.
 
 Not for: the decoding loop (``engine.speculative``) or the calibration it plans with.
 """
@@ -17,7 +18,6 @@ import statistics
 import subprocess
 import time
 
-from engine.costs import LiveCosts
 from engine.runtime import Model
 
 
@@ -51,12 +51,22 @@ def llama_bench_rate(binary: str, model: Model, tokens: int = 128, repetitions: 
     return float(statistics.median(row["avg_ts"] for row in rows if row.get("n_gen")))
 
 
-def pass_parity(live: LiveCosts, raw_seconds: dict[int, float]) -> list[dict]:
-    """For each pass size the loop ran often enough: its step cost, llama.cpp's raw time for
-    that pass, and their ratio."""
+def pass_parity(steps: list[list[float]], raw_seconds: dict[int, float],
+                min_steps: int = 3) -> list[dict]:
+    """Per pass size (tokens evaluated) seen in at least ``min_steps`` of ``steps`` — each
+    ``[tokens, loop seconds, seconds inside llama.cpp]``: the median loop cost of such a step,
+    the median time inside llama.cpp's calls in those same steps (the like-for-like figure),
+    and llama.cpp's raw time for that pass as calibrated at load."""
+    by_size: dict[int, list[tuple[float, float]]] = {}
+    for tokens, loop, inside in steps:
+        by_size.setdefault(int(tokens), []).append((loop, inside))
     rows = []
-    for n, loop in live.seen().items():
-        raw = raw_seconds.get(n)
-        if raw:
-            rows.append({"n": n, "loop_seconds": loop, "raw_seconds": raw, "ratio": loop / raw})
+    for n, seen in sorted(by_size.items()):
+        if len(seen) < min_steps or n not in raw_seconds:
+            continue
+        loop = statistics.median(s[0] for s in seen)
+        inside = statistics.median(s[1] for s in seen)
+        rows.append({"n": n, "steps": len(seen), "loop_seconds": loop, "inside_seconds": inside,
+                     "raw_seconds": raw_seconds[n], "loop_over_inside": loop / max(inside, 1e-12),
+                     "loop_over_raw": loop / raw_seconds[n]})
     return rows

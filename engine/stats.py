@@ -13,7 +13,7 @@ class StepStats:
     drafted: int  # tokens actually proposed
     accepted: int
     draft_seconds: float
-    pass_seconds: float  # the rest of the step: evaluation, logits, acceptance, rollback, text
+    pass_seconds: float  # the rest: evaluation, logits, acceptance, rollback, text, policy
     near_ties: int = 0  # fast numerics: tokens decided by a margin under the rounding difference
     target_seconds: float = 0.0  # of pass_seconds, the time inside the target's llama.cpp calls
 

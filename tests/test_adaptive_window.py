@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 
 from engine.adaptive_window import (
     PROBE_BUDGET,
@@ -92,6 +93,33 @@ def test_confidence_threshold_fits_between_classes():
     for _ in range(10):
         threshold.observe([0.95, 0.9, 0.2], accepted=2)  # confident ones accepted
     assert 0.2 < threshold.value <= 0.9
+
+
+def _threshold_by_definition(confidences: list[float], outcomes: list[int]) -> float:
+    """FPR + 3·FNR tried at every confidence seen, lowest threshold on ties: the fit's spec."""
+    best, best_cost = None, float("inf")
+    for threshold in sorted(set(confidences)):
+        keep = [c >= threshold for c in confidences]
+        bad = [not o for o in outcomes]
+        fpr = sum(k and b for k, b in zip(keep, bad)) / max(sum(bad), 1)
+        fnr = sum(not k and o for k, o in zip(keep, outcomes)) / max(sum(outcomes), 1)
+        if fpr + 3 * fnr < best_cost:
+            best, best_cost = threshold, fpr + 3 * fnr
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_confidence_threshold_is_the_best_by_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    threshold = ConfidenceThreshold(initial=0.0)
+    for _ in range(int(rng.integers(3, 200))):
+        # a draft model's continuous confidences, or a lookup's few repeated values
+        raw = rng.random(int(rng.integers(1, 9)))
+        confidences = list(np.round(raw, 1) if seed % 2 else raw)
+        threshold.observe(confidences, accepted=int(rng.integers(0, len(confidences) + 1)))
+    if 0 < sum(threshold.outcomes) < len(threshold.outcomes) and len(threshold.outcomes) >= 8:
+        assert threshold.value == _threshold_by_definition(threshold.confidences,
+                                                           threshold.outcomes)
 
 
 def test_ceiling_is_the_speedup_of_drafts_always_accepted():
