@@ -237,14 +237,19 @@ class AdaptiveController(WindowPolicy):
             self._off_steps += 1
             # probe with the cheapest drafter: a draft model's probe would first have to catch
             # its cache up with everything generated since it last ran
-            others = [d for d in candidates if not d.knows_path_confidence]
+            untimed = {d.name: self._untimed_window(d) for d in self.drafters
+                       if not d.knows_path_confidence}
+            others = [d for d in self.drafters if not d.knows_path_confidence
+                      and (d in candidates or untimed[d.name])]
             probe = min(others, key=self._draft_cost) if others else None
-            if probe is not None and self._off_steps >= self._probe_interval(probe, step_cost):
+            window = untimed[probe.name] or 1 if probe is not None else 1
+            if probe is not None and self._off_steps >= self._probe_interval(probe, step_cost,
+                                                                               window):
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
                 self.reason = "probing"
                 probe.min_confidence = probe.min_path_confidence = 0.0
-                self._current = (probe, 1)
+                self._current = (probe, window)
                 return self._current
             self.reason = self._off_reason(candidates)
             self._current = (Drafter(), 0)
@@ -285,11 +290,29 @@ class AdaptiveController(WindowPolicy):
                 return assessor, cut, proposal.head(cut)
         return drafter, k, drafter.propose(context, min(k, room)) if min(k, room) > 0 else Draft()
 
-    def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float]) -> float:
+    def _untimed_window(self, drafter: Drafter) -> int:
+        """A window worth timing before speculation is written off. While the loop has timed
+        only one- and two-token passes, the live curve extrapolates every longer pass from the
+        two-token one, whose error it multiplies (on this CPU: two-token passes x1.9 where x1.7
+        was calibrated made every window look like a loss, and an "off" decided so would never
+        be revisited). Then: the shortest window k >= 2 with which an always-right ``drafter``
+        would pay by the calibration rescaled to the one-token steps timed now; else 0."""
+        seen = self.live.seen()
+        if 1 not in seen or max(seen) != 2:
+            return 0
+        scale = seen[1] / self.planned.curve.verify(1)
+        for k in range(2, self.max_window + 1):
+            cost = k * self._draft_cost(drafter) + self.planned.curve.verify(k + 1) * scale
+            if (k + 1) * seen[1] / cost >= 1.0 + self.margin:
+                return k
+        return 0
+
+    def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float],
+                        window: int = 1) -> float:
         """Steps between probes: the backing-off schedule, but never so often that failed
         probes cost more than ``PROBE_BUDGET`` of the time (a probe's extra cost over a plain
         step, against that many plain steps)."""
-        extra = step_cost(2) + self._draft_cost(probe) - step_cost(1)
+        extra = step_cost(window + 1) + window * self._draft_cost(probe) - step_cost(1)
         return max(self._probe_every, extra / (PROBE_BUDGET * step_cost(1)))
 
     def _off_reason(self, candidates: list[Drafter]) -> str:

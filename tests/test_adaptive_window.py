@@ -273,3 +273,59 @@ def test_a_remembered_passage_is_drafted_at_once_by_the_suffix_drafters_own_conf
     speedup, drafted = _decode(AdaptiveController([NgramDrafter(), SuffixDrafter()], costs),
                                prompt, novel, STEEP)
     assert speedup >= 1 - PROBE_BUDGET and drafted < 10, (speedup, drafted)
+
+
+def _cpu_costs(two_token: float, dear_long_passes: bool) -> tuple[CostCurve, CostCurve]:
+    """(planned, real) one-token-relative curves: the calibration timed a two-token pass at
+    x1.45 of a one-token one, the loop sees ``two_token``; longer passes cost what was
+    calibrated, or (``dear_long_passes``) as much more as the two-token error extrapolates."""
+    base = 0.033
+    planned = [base * (1 + 0.7 * (n - 1)) for n in range(1, 17)]
+    planned[1] = base * 1.45
+    slope = (two_token - 1) / 0.45
+    real = [base * (1 + slope * (planned[n - 1] / base - 1)) if dear_long_passes
+            else planned[n - 1] for n in range(1, 17)]
+    real[1] = base * two_token
+    return CostCurve(planned), CostCurve(real)
+
+
+def _run_copying(ctl: AdaptiveController, real: CostCurve, steps: int) -> list[int]:
+    """Windows chosen over ``steps`` steps of a reply that copies (every draft accepted),
+    each step timed at ``real`` costs, as the decoding loop reports them."""
+    windows = []
+    for _ in range(steps):
+        drafter, k = ctl.choose()
+        step = StepStats(drafter.name if k else "none", k, k, k, 0.0, real.verify(k + 1))
+        ctl.live.observe(step)
+        ctl.observe(step)
+        windows.append(k)
+    return windows
+
+
+def _after_timed_probes(planned: CostCurve, real: CostCurve) -> AdaptiveController:
+    ctl = controller(planned, 0.0, 0.9, names=("ngram",))
+    for n in (1, 2):  # what a session has timed after a few one-token probes
+        for _ in range(LiveCosts.MIN_SAMPLES):
+            ctl.live.observe(StepStats("ngram", n - 1, n - 1, n - 1, 0.0, real.verify(n)))
+    return ctl
+
+
+@pytest.mark.parametrize("two_token", [1.9, 2.2])
+def test_off_on_an_extrapolated_curve_measures_a_longer_pass_and_drafts_again(two_token):
+    """Two-token passes dearer than calibrated (as on this CPU) made the live curve extrapolate
+    the error to every longer pass, so no window seemed to pay and speculation stayed off for
+    the session. Longer passes really cost what was calibrated: the controller must time one
+    before it concludes, and then draft on text that copies."""
+    planned, real = _cpu_costs(two_token, dear_long_passes=False)
+    ctl = _after_timed_probes(planned, real)
+    windows = _run_copying(ctl, real, 1500)
+    assert max(windows[:600]) >= 2  # a longer pass was tried while off
+    assert sum(k >= 2 for k in windows[-200:]) > 150  # and the copy is drafted again
+
+
+def test_a_longer_pass_that_is_as_dear_as_extrapolated_keeps_speculation_off():
+    planned, real = _cpu_costs(2.2, dear_long_passes=True)
+    ctl = _after_timed_probes(planned, real)
+    windows = _run_copying(ctl, real, 1500)
+    assert sum(1 for k in windows[-500:] if k) <= 500 * PROBE_BUDGET  # only rare probes
+    assert all(k <= 1 for k in windows[-500:])  # the dear size, once timed, is not re-probed
