@@ -18,6 +18,9 @@ under that bar is never run nor probed: on such hardware no acceptance rate can 
 Costs are the calibration's (raw passes plus the loop's measured overhead) until the loop has
 timed a few steps of a size while answering; from then on the observed running medians
 (``LiveCosts``), so a calibration taken at an unlucky moment is corrected within a reply.
+Sizes not timed yet are mapped through the timed ones; while only one- and two-token passes
+have been timed that mapping is an extrapolation, so before it keeps speculation off a probe
+times the shortest longer window the calibration says would pay.
 
 Online, acceptance estimates are updated after every step (decayed counts per position), and
 a draft model stops drafting early when its own confidence falls below a threshold that is
@@ -242,8 +245,11 @@ class AdaptiveController(WindowPolicy):
             others = [d for d in self.drafters if not d.knows_path_confidence
                       and (d in candidates or untimed[d.name])]
             probe = min(others, key=self._draft_cost) if others else None
-            window = untimed[probe.name] or 1 if probe is not None else 1
-            if probe is not None and self._off_steps >= self._probe_interval(probe, step_cost,
+            window = (untimed[probe.name] or 1) if probe is not None else 1
+            # an untimed window's probe is budgeted at what the calibration says it costs:
+            # the extrapolation is what it is there to check
+            budgeted = self._rescaled_plan if window > 1 else step_cost
+            if probe is not None and self._off_steps >= self._probe_interval(probe, budgeted,
                                                                                window):
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
@@ -300,12 +306,17 @@ class AdaptiveController(WindowPolicy):
         seen = self.live.seen()
         if 1 not in seen or max(seen) != 2:
             return 0
-        scale = seen[1] / self.planned.curve.verify(1)
         for k in range(2, self.max_window + 1):
-            cost = k * self._draft_cost(drafter) + self.planned.curve.verify(k + 1) * scale
-            if (k + 1) * seen[1] / cost >= 1.0 + self.margin:
+            cost = k * self._draft_cost(drafter) + self._rescaled_plan(k + 1)
+            if (k + 1) * self._rescaled_plan(1) / cost >= 1.0 + self.margin:
                 return k
         return 0
+
+    def _rescaled_plan(self, n: int) -> float:
+        """The calibrated step over n tokens, rescaled to the one-token steps timed now."""
+        seen = self.live.seen()
+        scale = seen[1] / self.planned.curve.verify(1) if 1 in seen else 1.0
+        return self.planned.curve.verify(n) * scale
 
     def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float],
                         window: int = 1) -> float:
