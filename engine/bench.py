@@ -12,7 +12,8 @@ Table columns: speedup is measured; median-cost is the same ratio with every ste
 inside llama.cpp replaced by the run's median for that pass size (each run's own drafts, choices
 and loop overhead, without the VM's run-to-run noise in llama.cpp's time). tok/pass, acc/pass
 and acc/step count every target step; acc/draft only the steps that verified a draft (a
-drafter that drafts rarely but well scores high there).
+drafter that drafts rarely but well scores high there); draft ms/tok is all drafting time,
+lookups that found nothing included, per drafted token (large where little was drafted).
 
 Also printed: the numerics in use (and, in fast numerics, the tokens decided by a margin under
 the measured rounding difference); per pass size, the loop's step cost beside the time inside
