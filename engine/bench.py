@@ -19,7 +19,8 @@ Also printed: the numerics in use (and, in fast numerics, the tokens decided by 
 the measured rounding difference); per pass size, the loop's step cost beside the time inside
 llama.cpp's calls in those same steps and the calibrated raw pass; the loop's time against the
 time spent inside llama.cpp; plain decoding
-against llama.cpp's own one-token rate (``--llama-bench PATH`` adds llama-bench tg128 itself);
+against llama.cpp's own one-token rate (``--llama-bench PATH`` adds llama-bench tg128 itself,
+at depth 0 and after the prompt, right after each prompt's first plain run);
 with ``--costs``, the speedup each mode would give at another machine's costs (fixed modes:
 their recorded steps re-costed; auto: the window policy replayed there over the lookup drafters);
 in greedy runs, the copy ceiling: the most accepted tokens per step that any drafter copying
@@ -338,7 +339,6 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
               "loop_over_llama": loop / max(inside, 1e-12)}
     plain_runs = [r for r in runs if r["mode"] == "plain"]
     if plain_runs:
-        plain = statistics.median(r["tok_per_s"] for r in plain_runs)
         ratios = sorted(r["tok_per_s"] / r["raw_decode_tok_per_s"] for r in plain_runs
                         if r.get("raw_decode_tok_per_s"))
         if ratios:
@@ -348,12 +348,17 @@ def print_machine_report(session: Session, runs: list[dict], args, out=sys.stdou
                   f"(from {ratios[0]:.3f} to {ratios[-1]:.3f} over {len(ratios)} prompts)",
                   file=out)
             report["plain_over_raw_decode"] = median
-        if args.llama_bench:
-            bench_rate = parity.llama_bench_rate(args.llama_bench, session.target)
-            print(f"llama-bench tg128 (same build, {session.target.options.threads()} threads): "
-                  f"{bench_rate:.1f} tok/s; plain / llama-bench = {plain / bench_rate:.3f}",
-                  file=out)
-            report["llama_bench_tok_per_s"] = bench_rate
+        for key, where in (("llama_bench_tok_per_s", "tg128"),
+                           ("llama_bench_deep_tok_per_s", "tg128 after the prompt (-d)")):
+            pairs = [(r["tok_per_s"], r[key]) for r in plain_runs if r.get(key)]
+            if pairs:
+                ratio = statistics.median(rate / bench for rate, bench in pairs)
+                print(f"plain decoding / llama-bench {where}, same build, "
+                      f"{session.target.options.threads()} threads, right after each "
+                      f"prompt's first plain run: median {ratio:.3f} over {len(pairs)} prompts "
+                      f"(llama-bench median {statistics.median(b for _, b in pairs):.1f} tok/s)",
+                      file=out)
+                report[f"plain_over_{key}"] = ratio
     return report
 
 
@@ -425,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                 run["raw_decode_tok_per_s"] = parity.raw_decode_rate(
                     session.target, tokens=run["tokens"],
                     depth=run["prompt_tokens"])
+                if args.llama_bench:  # also right after: one shot at the end drifts apart
+                    run["llama_bench_tok_per_s"] = parity.llama_bench_rate(
+                        args.llama_bench, session.target)
+                    run["llama_bench_deep_tok_per_s"] = parity.llama_bench_rate(
+                        args.llama_bench, session.target, depth=run["prompt_tokens"])
             runs.append(run)
             print(f"{prompt['id']:8} {current_label:18} {run['tok_per_s']:6.1f} tok/s "
                   f"acc {run['accepted']}/{run['drafted']}", file=sys.stderr, flush=True)

@@ -40,12 +40,13 @@ def raw_decode_rate(model: Model, tokens: int = 128, depth: int = 16) -> float:
     return tokens / elapsed
 
 
-def llama_bench_rate(binary: str, model: Model, tokens: int = 128, repetitions: int = 3
-                     ) -> float:
-    """``llama-bench`` tg<tokens> for ``model`` with the same threads and GPU layers."""
+def llama_bench_rate(binary: str, model: Model, tokens: int = 128, repetitions: int = 3,
+                     depth: int = 0) -> float:
+    """``llama-bench`` tg<tokens> for ``model`` with the same threads and GPU layers, after
+    ``depth`` cached tokens (its ``-d``; 0 is what tg128 alone measures)."""
     command = [binary, "-m", str(model.path), "-p", "0", "-n", str(tokens),
                "-t", str(model.options.threads()), "-ngl", str(model.options.gpu_layers()),
-               "-r", str(repetitions), "-o", "json"]
+               "-r", str(repetitions), "-o", "json"] + (["-d", str(depth)] if depth else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
     rows = json.loads(done.stdout)
     return float(statistics.median(row["avg_ts"] for row in rows if row.get("n_gen")))
