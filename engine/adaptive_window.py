@@ -246,11 +246,12 @@ class AdaptiveController(WindowPolicy):
                       and (d in candidates or untimed[d.name])]
             probe = min(others, key=self._draft_cost) if others else None
             window = (untimed[probe.name] or 1) if probe is not None else 1
-            # an untimed window's probe is budgeted at what the calibration says it costs:
-            # the extrapolation is what it is there to check
-            budgeted = self._rescaled_plan if window > 1 else step_cost
-            if probe is not None and self._off_steps >= self._probe_interval(probe, budgeted,
-                                                                               window):
+            # a check of an untimed window runs on the plain schedule, not the rate budget: it
+            # stops once LiveCosts holds a few passes of that size, so its whole cost per
+            # session is bounded, and the session's replies may be shorter than any budget
+            due = probe is not None and self._off_steps >= (
+                self._probe_every if window > 1 else self._probe_interval(probe, step_cost))
+            if due:
                 self._off_steps = 0
                 self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
                 self.reason = "probing"
@@ -318,12 +319,11 @@ class AdaptiveController(WindowPolicy):
         scale = seen[1] / self.planned.curve.verify(1) if 1 in seen else 1.0
         return self.planned.curve.verify(n) * scale
 
-    def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float],
-                        window: int = 1) -> float:
+    def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float]) -> float:
         """Steps between probes: the backing-off schedule, but never so often that failed
         probes cost more than ``PROBE_BUDGET`` of the time (a probe's extra cost over a plain
         step, against that many plain steps)."""
-        extra = step_cost(window + 1) + window * self._draft_cost(probe) - step_cost(1)
+        extra = step_cost(2) + self._draft_cost(probe) - step_cost(1)
         return max(self._probe_every, extra / (PROBE_BUDGET * step_cost(1)))
 
     def _off_reason(self, candidates: list[Drafter]) -> str:

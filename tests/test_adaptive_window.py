@@ -329,3 +329,16 @@ def test_a_longer_pass_that_is_as_dear_as_extrapolated_keeps_speculation_off():
     windows = _run_copying(ctl, real, 1500)
     assert sum(1 for k in windows[-500:] if k) <= 500 * PROBE_BUDGET  # only rare probes
     assert all(k <= 1 for k in windows[-500:])  # the dear size, once timed, is not re-probed
+
+
+def test_the_check_fits_into_short_replies():
+    """The session builds a controller per reply and keeps only the live costs: a check that
+    waited for a rate budget (~70 steps here) would never run in 40-token replies."""
+    planned, real = _cpu_costs(2.2, dear_long_passes=False)
+    live = _after_timed_probes(planned, real).live
+    windows = []
+    for _ in range(3):
+        ctl = controller(planned, 0.0, 0.9, names=("ngram",))
+        ctl.live = live
+        windows += _run_copying(ctl, real, 40)
+    assert max(windows) >= 2
