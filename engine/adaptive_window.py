@@ -240,7 +240,8 @@ class AdaptiveController(WindowPolicy):
             self._off_steps += 1
             # probe with the cheapest drafter: a draft model's probe would first have to catch
             # its cache up with everything generated since it last ran
-            untimed = {d.name: self._untimed_window(d) for d in self.drafters
+            seen = self.live.seen()
+            untimed = {d.name: self._untimed_window(d, seen) for d in self.drafters
                        if not d.knows_path_confidence}
             others = [d for d in self.drafters if not d.knows_path_confidence
                       and (d in candidates or untimed[d.name])]
@@ -297,27 +298,23 @@ class AdaptiveController(WindowPolicy):
                 return assessor, cut, proposal.head(cut)
         return drafter, k, drafter.propose(context, min(k, room)) if min(k, room) > 0 else Draft()
 
-    def _untimed_window(self, drafter: Drafter) -> int:
+    def _untimed_window(self, drafter: Drafter, seen: dict[int, float]) -> int:
         """A window worth timing before speculation is written off. While the loop has timed
-        only one- and two-token passes, the live curve extrapolates every longer pass from the
-        two-token one, whose error it multiplies (on this CPU: two-token passes x1.9 where x1.7
-        was calibrated made every window look like a loss, and an "off" decided so would never
-        be revisited). Then: the shortest window k >= 2 with which an always-right ``drafter``
-        would pay by the calibration rescaled to the one-token steps timed now; else 0."""
-        seen = self.live.seen()
+        only one- and two-token passes (``seen``: ``LiveCosts.seen()``), the live curve
+        extrapolates every longer pass from the two-token one, whose error it multiplies (on
+        this CPU: two-token passes x1.9 where x1.7 was calibrated made every window look like a
+        loss, and an "off" decided so would never be revisited). Then: the shortest window
+        k >= 2 with which an always-right ``drafter`` would pay by the calibration rescaled to
+        the one-token steps timed now; else 0."""
         if 1 not in seen or max(seen) != 2:
             return 0
+        planned = self.planned.curve.verify
+        scale = seen[1] / planned(1)  # the calibrated curve, rescaled to the steps timed now
         for k in range(2, self.max_window + 1):
-            cost = k * self._draft_cost(drafter) + self._rescaled_plan(k + 1)
-            if (k + 1) * self._rescaled_plan(1) / cost >= 1.0 + self.margin:
+            cost = k * self._draft_cost(drafter) + planned(k + 1) * scale
+            if (k + 1) * seen[1] / cost >= 1.0 + self.margin:
                 return k
         return 0
-
-    def _rescaled_plan(self, n: int) -> float:
-        """The calibrated step over n tokens, rescaled to the one-token steps timed now."""
-        seen = self.live.seen()
-        scale = seen[1] / self.planned.curve.verify(1) if 1 in seen else 1.0
-        return self.planned.curve.verify(n) * scale
 
     def _probe_interval(self, probe: Drafter, step_cost: Callable[[int], float]) -> float:
         """Steps between probes: the backing-off schedule, but never so often that failed

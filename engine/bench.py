@@ -128,7 +128,6 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
             "prompt_tokens": stats["prompt_tokens"],
             "accepted": stats["accepted"], "target_passes": stats["target_passes"],
             "near_ties": stats["near_ties"], "text": done["text"],
-            "pass_seconds": sum(s.stats.pass_seconds for s in steps),
             "target_seconds": sum(s.stats.target_seconds for s in steps),
             # every step's drafting time, proposals that came to nothing included
             "draft_seconds": sum(s.stats.draft_seconds for s in steps),

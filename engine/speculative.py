@@ -144,7 +144,8 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
         if evaluation.margins is not None and len(batch) > 1:
             near_ties = int((evaluation.margins[:len(emitted)] < target.shape.rounding).sum())
         step = StepStats(drafter.name if drafted else "none", k, len(drafted), accepted,
-                         t1 - t0, 0.0, near_ties, target.busy_seconds - busy)
+                         t1 - t0, time.perf_counter() - t1, near_ties,
+                         target.busy_seconds - busy)
         policy.observe(step)
         step.pass_seconds = time.perf_counter() - t1  # the policy's bookkeeping included
         stats.add(step)

@@ -19,6 +19,9 @@ class NgramDrafter(Drafter):
 
     def __init__(self, max_ngram: int = 4, min_ngram: int = 2) -> None:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._forget()
+
+    def _forget(self) -> None:
         self._tokens: list[int] = []
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> its latest start indexed
         self._indexed_to = 0  # n-grams ending before this position are in _latest
@@ -26,7 +29,7 @@ class NgramDrafter(Drafter):
     def reset(self, prompt: Sequence[int], sampling: SamplingParams | None = None) -> None:
         n = len(self._tokens)
         if not (len(prompt) >= n and list(prompt[:n]) == self._tokens):
-            self._tokens, self._latest, self._indexed_to = [], {}, 0
+            self._forget()
         self._sync(prompt)
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
@@ -45,7 +48,8 @@ class NgramDrafter(Drafter):
         the one seen (checked cheaply here, fully in ``reset``) is indexed afresh."""
         n = len(self._tokens)
         if len(context) < n or (n and context[n - 1] != self._tokens[-1]):
-            self._tokens, self._latest, self._indexed_to, n = [], {}, 0, 0
+            self._forget()
+            n = 0
         self._tokens.extend(context[n:])
         tokens, latest = self._tokens, self._latest
         # every n-gram that ends before the last token: a match must be followed by something
