@@ -88,8 +88,9 @@ def copy_ceiling(prompt: Sequence[int], reply: Sequence[int], window: int,
     """(accepted, steps) of an oracle that, at every step of a fixed ``window`` over the
     greedy ``reply``, drafts the best continuation of *any* earlier occurrence of the text's
     last ``min_match`` tokens in prompt + reply so far: the most that a drafter copying from
-    the request itself (n-gram, suffix: whichever occurrence they pick, however long they
-    draft) can have accepted. Not a bound for a drafter that also remembers other requests."""
+    the request itself can have accepted, whichever occurrence it picks and however long it
+    drafts, if it needs that many matched tokens (the n-gram drafter 2; the suffix drafter 1,
+    at its resume point). Not a bound for a drafter that also remembers other requests."""
     index = SuffixAutomaton()
     index.extend(prompt)
     text = [*prompt]

@@ -161,9 +161,12 @@ def test_copy_ceiling_bounds_every_lookup_drafter_and_is_reached_by_a_verbatim_c
         for window in (1, 4, 8):
             ceiling, steps = copy_ceiling(prompt, reply, window)
             assert steps == len(reply) - ceiling  # every step emits its accepted + 1
-            for drafter in (NgramDrafter(), SuffixDrafter(min_path_confidence=0.0),
-                            SuffixDrafter()):
-                assert _fixed_window_total(drafter, prompt, reply, window) <= ceiling, case
+            assert _fixed_window_total(NgramDrafter(), prompt, reply, window) <= ceiling, case
+            # the suffix drafter's resume point matches a single token near where the last
+            # copy left off: it is bounded by the one-token oracle
+            one_token, _ = copy_ceiling(prompt, reply, window, min_match=1)
+            for drafter in (SuffixDrafter(min_path_confidence=0.0), SuffixDrafter()):
+                assert _fixed_window_total(drafter, prompt, reply, window) <= one_token, case
     # a reply that copies a passage of the prompt verbatim: two plain steps until its last two
     # tokens occur earlier, then full windows of 8 (+1 each), then the one the reply leaves room
     prompt = list(range(100, 160))

@@ -63,17 +63,68 @@ def reference_walk(drafter: SuffixDrafter, source: int, text: list[int], context
             conf.append(p)
             path.append(prob)
             ends = [e + 1 for e in ends if e + 1 < len(text) and text[e + 1] == token]
-    return tokens, conf, path, (matched if tokens else 0)
+    start = max(ends) - len(tokens) + 1 if tokens else -1  # the latest occurrence drafted
+    return tokens, conf, path, (matched if tokens else 0), start
 
 
-def reference(drafter: SuffixDrafter, context: list[int], docs: list[list[int]], k: int):
+class Copying:
+    """The reference's own account of where the reply resumes copying: the last context
+    draft's start and the context length then, and the resume point."""
+
+    def __init__(self) -> None:
+        self.start, self.at, self.resume = -1, 0, -1
+
+    def follow(self, context: list[int]) -> None:
+        if self.start >= 0:
+            n = 0
+            while (self.at + n < len(context) and self.start + n < len(context)
+                   and context[self.at + n] == context[self.start + n]):
+                n += 1
+            if n:
+                self.resume = self.start + n + (n < len(context) - self.at)
+        self.start = -1
+
+
+def reference_resume(drafter: SuffixDrafter, context: list[int], resume: int, k: int):
+    """Match the context's end again only within 8 tokens before and 48 after ``resume``:
+    the longest match (at most 8 tokens) wins, then the nearest, then the earliest."""
+    def match(e: int) -> int:
+        n = 0
+        while n < 8 and n < e and context[e - 1 - n] == context[-1 - n]:
+            n += 1
+        return n
+
+    starts = [e for e in range(max(1, resume - 8), min(len(context) - 1, resume + 48) + 1)
+              if match(e)]
+    tokens, conf, path, prob = [], [], [], 1.0
+    if starts:
+        e = min(starts, key=lambda e: (-match(e), abs(e - resume), e))
+        for i in range(min(k, len(context) - e)):
+            p = drafter._confidence(0, match(e) + i, 1, 1)
+            if p < drafter.min_confidence or prob * p < drafter.min_path_confidence:
+                break
+            prob *= p
+            tokens.append(context[e + i])
+            conf.append(p)
+            path.append(prob)
+    return tokens, conf, path, (match(e) if tokens else 0), (e if tokens else -1)
+
+
+def reference(drafter: SuffixDrafter, context: list[int], docs: list[list[int]], k: int,
+              copying: Copying):
+    copying.follow(context)
     best = reference_walk(drafter, 0, context, context, True, k) + ("context",)
+    candidates = [best]
+    if copying.resume >= 0:
+        candidates.append(reference_resume(drafter, context, copying.resume, k) + ("resume",))
     if docs:
         store = [token for i, doc in enumerate(docs) for token in doc + [-1 - i]]
-        other = reference_walk(drafter, 1, store, context, False, k) + ("store",)
+        candidates.append(reference_walk(drafter, 1, store, context, False, k) + ("store",))
+    for other in candidates[1:]:
         if sum(other[2]) > sum(best[2]):
             best = other
-    return best
+    copying.start, copying.at = (best[4], len(context)) if best[5] != "store" else (-1, 0)
+    return best[:4] + best[5:]
 
 
 def observed(drafter: SuffixDrafter, tokens: list[int]):
@@ -117,10 +168,11 @@ def first_mismatch(make_drafter, seeds=range(40)) -> str | None:
         drafter.scope(active)
         context = text(rng.randint(1, 50), sum(docs[active], []))
         drafter.reset(context, None)
+        copying = Copying()
         for step in range(30):
             k = rng.randint(1, 8)
             got = drafter.propose(context, k).tokens
-            ref = reference(drafter, context, docs[active], k)
+            ref = reference(drafter, context, docs[active], k, copying)
             if observed(drafter, got) != expected(ref):
                 return (f"seed {seed} step {step}: context {context} got "
                         f"{observed(drafter, got)} expected {expected(ref)}")
@@ -136,9 +188,11 @@ def first_mismatch(make_drafter, seeds=range(40)) -> str | None:
             elif event < 0.25:  # the next turn: the prompt extends the context
                 context = context + text(rng.randint(1, 20), context)
                 drafter.reset(context, None)
+                copying = Copying()
             elif event < 0.3:  # another conversation
                 context = text(rng.randint(1, 40), context)
                 drafter.reset(context, None)
+                copying = Copying()
         scratch = make_drafter(min_match=drafter.min_match,
                                min_path_confidence=drafter.min_path_confidence,
                                min_confidence=drafter.min_confidence)
@@ -147,6 +201,7 @@ def first_mismatch(make_drafter, seeds=range(40)) -> str | None:
             scratch.remember(doc, active)
         scratch.scope(active)
         scratch.reset(context, None)
+        drafter.reset(context, None)  # a new reply: no copy to resume in either
         once = observed(scratch, scratch.propose(context, 8).tokens)
         if observed(drafter, drafter.propose(context, 8).tokens) != once:
             return f"seed {seed}: incremental and from-scratch proposals differ"
@@ -163,6 +218,22 @@ class TrustingReset(SuffixDrafter):
         self._context.extend(new)
 
 
+class ResumesAtTheDivergence(SuffixDrafter):
+    """Broken on purpose: after a draft the reply left, resumes at the rejected token's own
+    source position rather than one past it."""
+
+    def _follow_copy(self, context):
+        start, at = self._copied_from - self._base, self._copied_at
+        if start >= 0 and at <= len(context):
+            n = 0
+            while (n < len(context) - at and n < len(self._text) - start
+                   and context[at + n] == self._text[start + n]):
+                n += 1
+            if n:
+                self._resume = self._copied_from + n
+        self._copied_from = -1
+
+
 def test_matches_the_brute_force_reference():
     assert first_mismatch(SuffixDrafter) is None
 
@@ -172,6 +243,8 @@ def test_the_reference_catches_broken_updates():
     assert first_mismatch(lambda **kw: SuffixDrafter(walk_cap=1, **kw)) is not None
     # a reset that trusts every prompt to extend the previous context
     assert first_mismatch(TrustingReset) is not None
+    # the resume point off by one after a rejection
+    assert first_mismatch(ResumesAtTheDivergence) is not None
 
 
 # --- behaviour -------------------------------------------------------------------------------
@@ -245,6 +318,38 @@ def test_draft_length_grows_with_match_length_and_frequency_and_is_zero_on_novel
     for end in range(100, len(novel)):
         drafted += len(drafter.propose(novel[:end], 8).tokens)
     assert drafted == 0
+
+
+def test_after_an_edit_the_copy_resumes_just_past_it():
+    """A reply that copies a passage with a word inserted (``path`` -> ``path: str``): right
+    after the edit its tail (``)``) also occurs elsewhere, later in the prompt and followed by
+    something else, and the two-token tail never occurred at all. The drafter resumes from
+    where the copy left off instead."""
+    rng = random.Random(9)
+    close, colon, comma = 501, 502, 503
+    head, rest = unique(rng, 12), unique(rng, 30)
+    distractor = unique(rng, 6) + [close, comma] + unique(rng, 6)
+    prompt = unique(rng, 10) + head + [close, colon] + rest + distractor + unique(rng, 5)
+    edit = unique(rng, 2)
+    reply = head + edit + [close, colon] + rest
+    for drafter in (SuffixDrafter(min_path_confidence=0.0),
+                    SuffixDrafter(min_path_confidence=0.0, min_match=1)):
+        drafter.reset(prompt, None)
+        position, after_edit = 0, None
+        while position < len(reply):  # the decoding loop: draft, verify, accept
+            k = min(8, len(reply) - position - 1)
+            draft = drafter.propose(prompt + reply[:position], k).tokens
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == reply[position + accepted]:
+                accepted += 1
+            if draft:
+                drafter.accepted(accepted, len(draft))
+            if position == len(head) + len(edit) + 1:  # the step right after the edit's ")"
+                after_edit = (draft, drafter.last.source)
+            position += accepted + 1
+        assert after_edit is not None
+        draft, source = after_edit
+        assert draft and draft == [colon, *rest][:len(draft)] and source == "resume", after_edit
 
 
 def test_a_fixed_window_is_a_ceiling_not_a_length():
