@@ -51,6 +51,7 @@ MAX_PROBE_EVERY = 96
 PROBE_BUDGET = 0.02  # failed probes may cost at most this share of the time
 DECAY = 0.92  # weight of older observations per new one
 PRIOR_WEIGHT = 2.0
+MAX_REMEMBERED_PRIOR = 0.9
 
 
 @dataclass
@@ -213,8 +214,10 @@ class AdaptiveController(WindowPolicy):
             default = DEFAULT_PRIORS.get(drafter.name, 0.5)
             if drafter.name in FREE_DRAFTERS and copy_heavy(self.category):
                 default = 0.8
-            prior = self.memory.prior(drafter.name, self.category, default) if self.memory \
-                else default
+            # a remembered rate is what other replies of this prompt type gave, not evidence
+            # about this one: near 1 it would plan a whole window at the first step
+            prior = min(self.memory.prior(drafter.name, self.category, default),
+                        MAX_REMEMBERED_PRIOR) if self.memory else default
             self.estimates[drafter.name] = AcceptanceEstimate(prior=prior)
 
     def _draft_cost(self, drafter: Drafter) -> float:

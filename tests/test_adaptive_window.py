@@ -11,6 +11,7 @@ import pytest
 from engine.adaptive_window import (
     PROBE_BUDGET,
     AcceptanceEstimate,
+    AcceptanceMemory,
     AdaptiveController,
     ConfidenceThreshold,
     best_window,
@@ -342,3 +343,22 @@ def test_the_check_fits_into_short_replies():
         ctl.live = live
         windows += _run_copying(ctl, real, 40)
     assert max(windows) >= 2
+
+
+def test_a_remembered_rate_never_plans_a_long_first_window(tmp_path):
+    """The acceptance memory holds a rate per (drafter, prompt type) from earlier replies;
+    one near 1 (a few replies that copied everything) must not make the first step of a reply
+    of that type — which may copy far less, as an agent's JSON classed "summarize" — draft a
+    whole window on this CPU's steep curve: a remembered rate is a prior, not evidence."""
+    memory = AcceptanceMemory(tmp_path / "acceptance.json")
+    memory.remember("ngram", "summarize", 0.9995)
+    costs = Costs(STEEP, {"ngram": 0.0})
+    ctl = AdaptiveController([NgramDrafter()], costs, memory, "summarize")
+    ctl.start([1, 2, 3], SamplingParams())
+    _, k = ctl.choose()
+    assert k <= 2, k
+    # with evidence from this reply the window grows as before
+    for _ in range(8):
+        ctl.observe(StepStats("ngram", k, k, k, 0.0, STEEP.verify(k + 1)))
+        _, k = ctl.choose()
+    assert k >= 8, k
