@@ -7,6 +7,8 @@
 Modes run interleaved per prompt (plain, mode A, plain, mode B, …) so machine drift hits all
 alike; each mode's speedup is its rate over the median of the plain runs of the same prompt.
 A fixed mode runs once per drafter available for the pair ("fixed:4/model", "fixed:4/ngram").
+Auto starts from the controller's default priors, not from the acceptance this machine's app
+remembered (an empty memory per bench run, which its own runs then teach, as the app's do).
 Greedy texts of every mode are compared with plain decoding and divergences are reported.
 Table columns: speedup is measured; median-cost is the same ratio with every step's time
 inside llama.cpp replaced by the run's median for that pass size (each run's own drafts, choices
@@ -36,6 +38,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -404,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     drafters = ["model", "ngram", "suffix"] if model_draft else ["ngram", "suffix"]
     if args.drafters:
         drafters = [d for d in drafters if d in args.drafters.split(",")]
-    session = Session()
+    # auto starts from the default priors, as on a fresh install, and learns within the run
+    acceptance = tempfile.TemporaryDirectory(prefix="tandem-bench-acceptance-")
+    session = Session(acceptance_dir=Path(acceptance.name))
     info = session.load(LoadRequest(args.target, args.draft if model_draft else None,
                                     n_ctx=args.n_ctx))
     prompts = load_prompts(prompts_file(args.prompts), args.limit, args.per_category,

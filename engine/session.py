@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from engine import compat, models, numerics, paths, prompt_type
 from engine.adaptive_window import AcceptanceMemory, AdaptiveController, ceiling
@@ -62,7 +63,11 @@ RECALIBRATE_ABOVE = 1.2  # observed plain rate / calibrated plain rate that trig
 
 
 class Session:
-    def __init__(self) -> None:
+    def __init__(self, acceptance_dir: Path | None = None) -> None:
+        # where acceptance learned per prompt type is kept (default: the calibration
+        # directory); the benchmark points it at an empty one, so its runs do not depend on
+        # what earlier replies on this machine taught the controller
+        self.acceptance_dir = acceptance_dir
         self.target: Model | None = None
         self.draft: Model | None = None
         self.compatibility: compat.Compatibility | None = None
@@ -178,7 +183,7 @@ class Session:
         if request.mode == "fixed":
             return FixedWindow(drafters[-1], request.window)
         assert self.calibration is not None and self.loaded is not None
-        memory_file = paths.calibration_dir() / (
+        memory_file = (self.acceptance_dir or paths.calibration_dir()) / (
             "acceptance-" + _safe(self.loaded.target) + "--" + _safe(self.loaded.draft or "none")
             + ".json")
         return AdaptiveController(drafters, self.calibration.costs(),

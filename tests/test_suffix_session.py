@@ -31,3 +31,19 @@ def test_a_repeated_request_is_drafted_from_memory_per_system_prompt(tiny_dir):
     assert again["stats"]["accepted_by"] == {"suffix": again["stats"]["accepted"]}
     # under another system prompt only the conversation itself is indexed
     assert other["stats"]["accepted"] < 0.5 * again["stats"]["accepted"]
+
+
+def test_the_acceptance_memory_lives_where_the_session_is_told(tiny_dir, tmp_path):
+    """The benchmark gives its session an empty acceptance memory, so auto's first steps do
+    not depend on what earlier replies on the machine taught it; the app keeps its own."""
+    from engine import paths
+
+    request = ChatRequest([{"role": "user", "content": "for item in items: print(item)"}])
+    for directory in (tmp_path, None):
+        session = Session(acceptance_dir=directory)
+        try:
+            session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+            memory = session.policy(request).memory
+        finally:
+            session.close()
+        assert memory.path.parent == (directory or paths.calibration_dir())
