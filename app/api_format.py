@@ -242,6 +242,7 @@ def timings(stats: MessageStats | None, started: protocol.Started | None,
     elif not s.drafted and not note:
         note = "nothing was drafted in this reply"
     return {
+        "cache_n": s.cache_reused,
         "prompt_n": s.prompt_tokens,
         "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / s.prompt_tokens if s.prompt_tokens else 0.0,

@@ -110,6 +110,11 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
                           mode={"plain": "off"}.get(kind, kind), window=int(window or 0),
                           drafter=drafter)
     steps: list[Step] = []
+    # every run prefills its prompt into an empty cache: a prompt whose first tokens were
+    # reused from the previous prompt's cache is prefilled in other batch sizes, which round
+    # differently, and its greedy text can differ at a near tie (edit-16: the first plain run
+    # after edit-15 differed from every later run of it, plain or speculative alike)
+    session.target.reset()
     if not args.keep_memory:  # else a run would draft the reply the plain run just gave
         session.drafters()["suffix"].forget()
     # for replaying auto on other machines' costs: the lookup drafters as this run finds them
@@ -126,6 +131,7 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
                                                                    prompt["messages"]),
                     reply, lookups) if lookups else None)
     return {"prompt_id": prompt["id"], "category": prompt["category"], "mode": mode,
+            "cache_reused": stats["cache_reused"],
             "drafter": stats["drafter"], "tokens": stats["tokens"], "seconds": stats["seconds"],
             "tok_per_s": stats["tok_per_s"], "drafted": stats["drafted"],
             "prompt_tokens": stats["prompt_tokens"],

@@ -239,6 +239,7 @@ def _stats(timings: object) -> MessageStats | None:
             seconds=float(timings.get("predicted_ms") or 0) / 1000,
             prompt_tokens=int(timings.get("prompt_n") or 0),
             prompt_seconds=float(timings.get("prompt_ms") or 0) / 1000,
+            cache_reused=int(timings.get("cache_n") or 0),
             drafted=int(timings.get("draft_n") or 0),
             accepted=int(timings.get("draft_n_accepted") or 0),
             drafter=str(timings.get("drafter") or "server"),

@@ -349,12 +349,13 @@ class Model:
             return
         del self.kv_tokens[n_keep:]
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        """Make the cache hold ``tokens[:-1]``, reusing the longest common prefix; the last
-        token is left for the first decoding step, which needs its logits."""
+    def prefill(self, tokens: Sequence[int]) -> int:
+        """Make the cache hold ``tokens[:-1]``, reusing the longest common prefix (returned);
+        the last token is left for the first decoding step, which needs its logits."""
         keep = min(common_prefix(self.kv_tokens, tokens), len(tokens) - 1)
         self.truncate(keep)
         self.decode(list(tokens[keep:-1]), logits="none")
+        return keep
 
     def reset(self) -> None:
         if self._ctx:

@@ -85,7 +85,7 @@ def generate(target: Model, prompt: Sequence[int], params: GenerationParams,
     output: list[int] = []
 
     started = time.perf_counter()
-    target.prefill(context)
+    stats.cache_reused = target.prefill(context)
     stats.prompt_tokens, stats.prompt_seconds = len(context), time.perf_counter() - started
     policy.start(context, sampling)
     started = time.perf_counter()

@@ -28,6 +28,7 @@ class MessageStats:
     pass_seconds: float = 0.0
     prompt_tokens: int = 0
     prompt_seconds: float = 0.0
+    cache_reused: int = 0  # prompt tokens whose cache entries were kept from the last request
     seconds: float = 0.0  # generation wall time (after the prompt)
     first_token_seconds: float | None = None  # prompt processing + the first step
     drafted_at: list[int] = field(default_factory=list)  # per draft position
