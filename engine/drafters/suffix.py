@@ -82,7 +82,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.drafters.base import Draft, Drafter
 from engine.sampling import SamplingParams
@@ -261,6 +261,17 @@ class _Store:
                 + sum(sys.getsizeof(doc) + 56 + _INT_BYTES for _, doc in self.docs))
 
 
+@dataclass
+class _Chain:
+    """A draft being built: tokens, their conditional and running confidences, and per token
+    what ``accepted`` learns from (source, cell, c / n, the prior's error)."""
+
+    tokens: list[int] = field(default_factory=list)
+    conf: list[float] = field(default_factory=list)
+    path: list[float] = field(default_factory=list)
+    cells: list[tuple[int, int, float, float]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class SuffixProposal:
     """What the last ``propose`` found (for the window policy and the statistics)."""
@@ -407,11 +418,8 @@ class SuffixDrafter(Drafter):
 
     def _walk(self, source: int, index: SuffixAutomaton, state: int, matched: int, k: int):
         """Follow the most frequent continuation from ``state`` for up to ``k`` tokens."""
-        tokens: list[int] = []
-        conf: list[float] = []
-        path: list[float] = []
-        cells: list[tuple[int, int, float]] = []
-        support, prob = 0, 1.0
+        chain = _Chain()
+        support = 0
         if matched >= self.min_match:
             count, last_end, edge_next = index.count, index.last_end, index.edge_next
             edge_child, edge_token = index.edge_child, index.edge_token
@@ -427,23 +435,18 @@ class SuffixDrafter(Drafter):
                     edge = edge_next[edge]
                 if best < 0 or edge_token[best] < 0:  # nothing followed, or a document ended
                     break
-                p = self._confidence(source, matched + i, best_count, total)
-                if p < self.min_confidence or prob * p < self.min_path_confidence:
+                if not self._extend(chain, source, matched + i, best_count, total,
+                                    edge_token[best]):
                     break
-                prob *= p
                 support = support or best_count
-                tokens.append(edge_token[best])
-                conf.append(p)
-                path.append(prob)
-                cells.append((source, _cell(matched + i, best_count), best_count / total,
-                              _prior_error(matched + i, best_count)))
                 state = edge_child[best]
+        tokens = chain.tokens
         stats = SuffixProposal(_SOURCES[source] if tokens else "", matched if tokens else 0,
-                               support, sum(path))
+                               support, sum(chain.path))
         start = -1
         if source == 0 and tokens:  # the latest occurrence of what was drafted
             start = self._base + index.last_end[state] - len(tokens) + 1
-        return stats, tokens, conf, path, cells, start
+        return stats, tokens, chain.conf, chain.path, chain.cells, start
 
     def _follow_copy(self, context: Sequence[int]) -> None:
         """Move the resume point along the last draft's source by as many tokens as the
@@ -483,23 +486,31 @@ class SuffixDrafter(Drafter):
             distance = abs(e - resume)
             if n > best_len or (n == best_len and distance < best_distance):
                 best, best_len, best_distance = e, n, distance
-        tokens: list[int] = []
-        conf: list[float] = []
-        path: list[float] = []
-        cells: list[tuple[int, int, float, float]] = []
-        prob = 1.0
+        chain = _Chain()
         for i in range(min(k, end - best) if best >= 0 else 0):
-            p = self._confidence(0, best_len + i, 1, 1)  # a copy from the context: its rates
-            if p < self.min_confidence or prob * p < self.min_path_confidence:
+            # a copy from the context, costed with its rates
+            if not self._extend(chain, 0, best_len + i, 1, 1, text[best + i]):
                 break
-            prob *= p
-            tokens.append(text[best + i])
-            conf.append(p)
-            path.append(prob)
-            cells.append((0, _cell(best_len + i, 1), 1.0, _prior_error(best_len + i, 1)))
+        tokens = chain.tokens
         stats = SuffixProposal("resume" if tokens else "", best_len if tokens else 0,
-                               1 if tokens else 0, sum(path))
-        return stats, tokens, conf, path, cells, (base + best if tokens else -1)
+                               1 if tokens else 0, sum(chain.path))
+        return (stats, tokens, chain.conf, chain.path, chain.cells,
+                base + best if tokens else -1)
+
+    def _extend(self, chain: _Chain, source: int, matched: int, support: int, total: int,
+                token: int) -> bool:
+        """Append ``token`` (it followed ``support`` of ``total`` times after ``matched``
+        tokens) unless its confidence or the draft's falls under the thresholds."""
+        p = self._confidence(source, matched, support, total)
+        prob = (chain.path[-1] if chain.path else 1.0) * p
+        if p < self.min_confidence or prob < self.min_path_confidence:
+            return False
+        chain.tokens.append(token)
+        chain.conf.append(p)
+        chain.path.append(prob)
+        chain.cells.append((source, _cell(matched, support), support / total,
+                            _prior_error(matched, support)))
+        return True
 
     def _sync(self, context: Sequence[int]) -> None:
         """Index the context tokens not indexed yet; bring the store matcher up to date."""
