@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         args.traces.parent.mkdir(parents=True, exist_ok=True)
         args.traces.write_text(json.dumps([t.to_dict() for t in traces]))
         session.close()
+        acceptance.cleanup()
         return 0
     sequence = interleaved(args.modes.split(","), drafters)
     runs = []
@@ -477,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     session.close()
+    acceptance.cleanup()
     return 0
 
 
