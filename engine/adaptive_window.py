@@ -224,11 +224,13 @@ class AdaptiveController(WindowPolicy):
         return self.costs.draft_cost(drafter.name)
 
     def choose(self) -> tuple[Drafter, int]:
-        self.costs = self.live.apply(self.planned)
-        step_cost = self.costs.curve.verify
-        plain_speed = self.costs.plain_tok_per_s
-        self.ceilings = {d.name: ceiling(self._draft_cost(d), step_cost, self.max_window)
-                         for d in self.drafters}
+        costs = self.live.apply(self.planned)
+        step_cost = costs.curve.verify
+        if costs is not self.costs or not self.ceilings:  # a new median was published
+            self.costs = costs
+            self.ceilings = {d.name: ceiling(self._draft_cost(d), step_cost, self.max_window)
+                             for d in self.drafters}
+        plain_speed = costs.plain_tok_per_s
         candidates = [d for d in self.drafters if self.ceilings[d.name] >= 1.0 + self.margin]
         self._assessors = [d for d in candidates if d.knows_path_confidence]
         best: tuple[Drafter | None, int, float] = (None, 0, plain_speed)

@@ -64,11 +64,17 @@ class LiveCosts:
     token, per drafter (running medians, robust to hiccups)."""
 
     MIN_SAMPLES = 3
+    # a running median that moved less than this share is not republished: the window choice
+    # cannot tell the difference, and every republication makes the next choice rebuild its
+    # cost model (on a GPU, a visible share of a 2 ms step)
+    TOLERANCE = 0.01
 
     def __init__(self, window: int = 24) -> None:
         self._samples: dict[object, deque[float]] = {}  # tokens evaluated, or drafter name
-        self._medians: dict[object, float] = {}  # kept current: read at every step
+        self._medians: dict[object, float] = {}  # published: what the costs are built from
         self._window = window
+        self.version = 0  # counts republications: costs built at one version stay valid
+        self._applied: tuple[Costs, int, Costs] | None = None  # planned, version, result
 
     def observe(self, step: StepStats) -> None:
         """One step of the decoding loop: its pass over drafted + 1 tokens (with everything
@@ -82,7 +88,10 @@ class LiveCosts:
         samples = self._samples.setdefault(key, deque(maxlen=self._window))
         samples.append(seconds)
         if len(samples) >= self.MIN_SAMPLES:
-            self._medians[key] = statistics.median(samples)
+            median, published = statistics.median(samples), self._medians.get(key)
+            if published is None or abs(median - published) > self.TOLERANCE * published:
+                self._medians[key] = median
+                self.version += 1
 
     def seen(self) -> dict[int, float]:
         """Median observed step time (without drafting), per size seen a few times."""
@@ -101,7 +110,10 @@ class LiveCosts:
     def apply(self, planned: Costs) -> Costs:
         """``planned`` with what was seen while answering put in. A draft not yet timed keeps
         its planned cost relative to the target: scaled as one-token steps are (the machine's
-        load and the context length slow both)."""
+        load and the context length slow both). The same object until a median is
+        republished: a caller may key what it derives from the costs on their identity."""
+        if self._applied and self._applied[0] is planned and self._applied[1] == self.version:
+            return self._applied[2]
         curve = self.curve(planned.curve)
         scale = curve.seconds[0] / planned.curve.seconds[0]
         drafts = {name: self._medians.get(name, cost * scale)
@@ -109,7 +121,8 @@ class LiveCosts:
         for name, median in self._medians.items():
             if isinstance(name, str):
                 drafts[name] = median
-        return Costs(curve, drafts)
+        self._applied = (planned, self.version, Costs(curve, drafts))
+        return self._applied[2]
 
 
 def _through(points: list[tuple[float, float]], x: float) -> float:

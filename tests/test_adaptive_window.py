@@ -220,6 +220,42 @@ def test_live_costs_rescale_the_calibration_where_nothing_was_seen():
     assert live.apply(planned).draft_token_seconds["draft-model"] == 0.025  # timed
 
 
+def test_live_costs_are_rebuilt_only_when_a_median_moves():
+    """The window choice runs every step and rebuilds its cost model (curve, ceilings) only
+    when ``apply`` hands it new costs: a step time within the tolerance of the published
+    median changes nothing, a real move is published at once."""
+    live = LiveCosts()
+    planned = Costs(FLAT, {"draft-model": 0.005})
+    for _ in range(LiveCosts.MIN_SAMPLES):
+        live.observe(StepStats("none", 0, 0, 0, 0.0, 0.010))
+    first = live.apply(planned)
+    assert first.curve.verify(1) == 0.010
+    for _ in range(10):  # the same step time, and jitter far inside the tolerance
+        live.observe(StepStats("none", 0, 0, 0, 0.0, 0.010 * (1 + LiveCosts.TOLERANCE / 4)))
+    assert live.apply(planned) is first
+    for _ in range(LiveCosts.MIN_SAMPLES + 10):  # the machine slows down by a fifth
+        live.observe(StepStats("none", 0, 0, 0, 0.0, 0.012))
+    moved = live.apply(planned)
+    assert moved is not first and moved.curve.verify(1) == 0.012
+    other = Costs(STEEP, {})  # another plan is never answered with costs built for the first
+    assert live.apply(other).curve.verify(3) != moved.curve.verify(3)
+
+
+def test_the_controller_keeps_its_ceilings_until_the_costs_move():
+    live = LiveCosts()
+    ctl = AdaptiveController([NgramDrafter()], Costs(FLAT, {}), live=live)
+    ctl.start([1, 2, 3], SamplingParams())
+    ctl.choose()
+    ceilings = ctl.ceilings
+    ctl.choose()
+    assert ctl.ceilings is ceilings
+    for _ in range(LiveCosts.MIN_SAMPLES):  # two-token passes dear, one-token ones as planned
+        live.observe(StepStats("none", 0, 0, 0, 0.0, FLAT.verify(1)))
+        live.observe(StepStats("ngram", 1, 1, 1, 0.0, 4 * FLAT.verify(2)))
+    ctl.choose()
+    assert ctl.ceilings["ngram"] < ceilings["ngram"]
+
+
 def test_lookup_drafters_cost_nothing_until_timed_even_beside_a_draft_model():
     """A cost table that times only the draft model (the calibration, the H100 cost files)
     must not price the suffix lookup like the draft model: it would look unable to pay, and
