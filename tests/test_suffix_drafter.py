@@ -69,10 +69,11 @@ def reference_walk(drafter: SuffixDrafter, source: int, text: list[int], context
 
 class Copying:
     """The reference's own account of where the reply resumes copying: the last context
-    draft's start and the context length then, and the resume point."""
+    draft's start and the context length then, and the resume points (latest first; at most
+    three, and a new one replaces those within 8 tokens before or 48 after it)."""
 
     def __init__(self) -> None:
-        self.start, self.at, self.resume = -1, 0, -1
+        self.start, self.at, self.resumes = -1, 0, []
 
     def follow(self, context: list[int]) -> None:
         if self.start >= 0:
@@ -81,24 +82,28 @@ class Copying:
                    and context[self.at + n] == context[self.start + n]):
                 n += 1
             if n:
-                self.resume = self.start + n + (n < len(context) - self.at)
+                point = self.start + n + (n < len(context) - self.at)
+                others = [q for q in self.resumes if q < point - 8 or q > point + 48]
+                self.resumes = [point, *others][:3]
         self.start = -1
 
 
-def reference_resume(drafter: SuffixDrafter, context: list[int], resume: int, k: int):
-    """Match the context's end again only within 8 tokens before and 48 after ``resume``:
-    the longest match (at most 8 tokens) wins, then the nearest, then the earliest."""
+def reference_resume(drafter: SuffixDrafter, context: list[int], resumes: list[int], k: int):
+    """Match the context's end again only within 8 tokens before and 48 after a point of
+    ``resumes``: the longest match (at most 8 tokens) wins, then the earlier point in the
+    list, then the nearest to it, then the earliest place."""
     def match(e: int) -> int:
         n = 0
         while n < 8 and n < e and context[e - 1 - n] == context[-1 - n]:
             n += 1
         return n
 
-    starts = [e for e in range(max(1, resume - 8), min(len(context) - 1, resume + 48) + 1)
+    starts = [(-match(e), rank, abs(e - resume), e) for rank, resume in enumerate(resumes)
+              for e in range(max(1, resume - 8), min(len(context) - 1, resume + 48) + 1)
               if match(e)]
     tokens, conf, path, prob = [], [], [], 1.0
     if starts:
-        e = min(starts, key=lambda e: (-match(e), abs(e - resume), e))
+        e = min(starts)[3]
         for i in range(min(k, len(context) - e)):
             p = drafter._confidence(0, match(e) + i, 1, 1)
             if p < drafter.min_confidence or prob * p < drafter.min_path_confidence:
@@ -115,8 +120,8 @@ def reference(drafter: SuffixDrafter, context: list[int], docs: list[list[int]],
     copying.follow(context)
     best = reference_walk(drafter, 0, context, context, True, k) + ("context",)
     candidates = [best]
-    if copying.resume >= 0:
-        candidates.append(reference_resume(drafter, context, copying.resume, k) + ("resume",))
+    if copying.resumes:
+        candidates.append(reference_resume(drafter, context, copying.resumes, k) + ("resume",))
     if docs:
         store = [token for i, doc in enumerate(docs) for token in doc + [-1 - i]]
         candidates.append(reference_walk(drafter, 1, store, context, False, k) + ("store",))
@@ -230,8 +235,17 @@ class ResumesAtTheDivergence(SuffixDrafter):
                    and context[at + n] == self._text[start + n]):
                 n += 1
             if n:
-                self._resume = self._copied_from + n
+                self._resumes = [self._copied_from + n]
         self._copied_from = -1
+
+
+class OneResumePoint(SuffixDrafter):
+    """Broken on purpose: keeps only the latest copy's resume point (a template's place is
+    lost as soon as a value is copied from elsewhere)."""
+
+    def _follow_copy(self, context):
+        super()._follow_copy(context)
+        del self._resumes[1:]
 
 
 def test_matches_the_brute_force_reference():
@@ -245,6 +259,8 @@ def test_the_reference_catches_broken_updates():
     assert first_mismatch(TrustingReset) is not None
     # the resume point off by one after a rejection
     assert first_mismatch(ResumesAtTheDivergence) is not None
+    # only the latest resume point kept
+    assert first_mismatch(OneResumePoint) is not None
 
 
 # --- behaviour -------------------------------------------------------------------------------
@@ -350,6 +366,53 @@ def test_after_an_edit_the_copy_resumes_just_past_it():
         assert after_edit is not None
         draft, source = after_edit
         assert draft and draft == [colon, *rest][:len(draft)] and source == "resume", after_edit
+
+
+def decode(drafter: SuffixDrafter, prompt: list[int], reply: list[int], window: int = 8
+           ) -> list[bool]:
+    """The decoding loop over a greedy ``reply``: per reply token, whether it came in an
+    accepted draft (rather than from the target after a rejection or an empty draft)."""
+    drafter.reset(prompt, None)
+    position, drafted = 0, []
+    while position < len(reply):
+        draft = drafter.propose(prompt + reply[:position], min(window, len(reply) - position - 1))
+        accepted = 0
+        while accepted < len(draft.tokens) and draft.tokens[accepted] == reply[position + accepted]:
+            accepted += 1
+        if draft.tokens:
+            drafter.accepted(accepted, len(draft.tokens))
+        drafted += [True] * accepted + [False]
+        position += accepted + 1
+    return drafted[:len(reply)]
+
+
+def test_a_template_and_its_values_are_copied_from_two_places():
+    """A tool's table reformatted as records (an agent turn): the values come from the
+    prompt's rows, the field names from the reply's own earlier records. After a value the
+    two-token tail (``",\n    "``) was followed by every field name, so the longest match
+    picks the latest field, not the next one; the template's own resume point knows which
+    follows. Kept beside the values' resume point, it drafts every field name once the
+    template has been seen (with only the latest point, the values' place replaces it)."""
+    rng = random.Random(4)
+    rows = [[unique(rng, 3), unique(rng, 2), unique(rng, 1)] for _ in range(6)]
+    pad = unique(rng, 2)
+    instruction = unique(rng, 60)  # "Return the unhealthy pods as a JSON list of ..."
+    prompt = unique(rng, 8) + [t for row in rows for field in row for t in field + pad]
+    prompt += instruction
+    opening, closing, separator, quote = unique(rng, 4)
+    keys = unique(rng, 3)
+    reply: list[int] = []
+    key_at: list[int] = []
+    for row in rows:
+        reply.append(opening)
+        for key, value in zip(keys, row):
+            key_at.append(len(reply) + 1)
+            reply += [quote, key, *value, separator]
+        reply.append(closing)
+    later = [i for i in key_at[6:]]  # from the third record on
+    for make, all_drafted in ((SuffixDrafter, True), (OneResumePoint, False)):
+        drafted = decode(make(min_path_confidence=0.0), prompt, reply)
+        assert all(drafted[i] for i in later) is all_drafted, make.__name__
 
 
 def test_a_fixed_window_is_a_ceiling_not_a_length():

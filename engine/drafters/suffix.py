@@ -21,7 +21,7 @@ API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` pl
   i is accepted given that tokens < i were (the base class's meaning), ``path_confidences[i]``
   their running product (the probability that tokens 0..i are all accepted) and ``last`` a
   ``SuffixProposal`` (source, match length, support count, expected accepted tokens). The
-  context, the scope's store and the *resume point* are searched; the draft with more
+  context, the scope's store and the *resume points* are searched; the draft with more
   expected accepted tokens wins (counts of the sources are not merged).
 - ``accepted(n_accepted, n_drafted)``: learns how often drafts are accepted, per source (one
   scale for all) and per (match length, support). A policy that verifies only the first j
@@ -59,7 +59,11 @@ tokens the reply took from that source — and also matches the context's end (u
 within a few tokens of that place, the longest local match winning, then the nearest. Such a
 draft is a copy from the context with no ambiguity (support 1 of 1) and is costed with the
 context's learned rates. On the edit prompts' greedy replies, at a fixed window of 8 with no
-length cut, it raised accepted tokens per step by 8–22% over the longest match alone.
+length cut, it raised accepted tokens per step by 8–22% over the longest match alone. The
+last three such places are kept (latest first): a reply that reformats a tool's table as
+records copies each record's field names from its own previous record and the values from
+the table, in turn, and the field name that follows a value is the one after the previous
+record's value, not the latest one seen (the longest match's choice).
 
 Index: a suffix automaton per text (the context; one per store, documents joined by unique
 separators so no match crosses two). Why an automaton and not a suffix tree: it is built
@@ -104,6 +108,7 @@ _CELL_WINDOW, _SCALE_WINDOW = 64.0, 16.0
 _SOURCES = ("context", "store")
 # where the last accepted copy left off, the resume search looks this far back and ahead
 _RESUME_BACK, _RESUME_AHEAD, _RESUME_MAX_MATCH = 8, 48, 8
+_RESUME_POINTS = 3  # copies followed in different places (a template and its values) kept
 
 
 def scope_key(system_prompt: str) -> str:
@@ -315,7 +320,8 @@ class SuffixDrafter(Drafter):
         # the last draft: the context position its tokens were copied from (-1: none, or
         # from a store) and the context length it was proposed at
         self._copied_from, self._copied_at = -1, 0
-        self._resume = -1  # context position where the last copy the reply followed goes on
+        # context positions where the last copies the reply followed go on, latest first
+        self._resumes: list[int] = []
 
     # --- the Drafter interface -------------------------------------------------------------
 
@@ -327,7 +333,7 @@ class SuffixDrafter(Drafter):
             new_from = 0
         self._sync(prompt)
         self._prompt_new = (new_from, len(prompt))
-        self._copied_from = self._resume = -1
+        self._copied_from, self._resumes = -1, []
 
     def propose(self, context: Sequence[int], k: int) -> Draft:
         self._sync(context)
@@ -339,7 +345,7 @@ class SuffixDrafter(Drafter):
         state, matched = self._context.repeated_suffix()
         best = self._walk(0, self._context, state, matched, k)
         candidates = [best]
-        if self._resume >= 0:
+        if self._resumes:
             candidates.append(self._resume_walk(k))
         store = self._stores.get(self._scope)
         if store is not None and store.docs:
@@ -449,10 +455,10 @@ class SuffixDrafter(Drafter):
         return stats, tokens, chain.conf, chain.path, chain.cells, start
 
     def _follow_copy(self, context: Sequence[int]) -> None:
-        """Move the resume point along the last draft's source by as many tokens as the
+        """Move a resume point along the last draft's source by as many tokens as the
         context took from it since (read from the context, so it does not matter which calls
         were skipped nor how much of the draft was verified); a context that did not follow
-        that source at all keeps the earlier resume point."""
+        that source at all keeps the earlier resume points."""
         start, at = self._copied_from - self._base, self._copied_at
         if start < 0 or at > len(context):
             return
@@ -463,29 +469,35 @@ class SuffixDrafter(Drafter):
         if n:
             # diverged after n tokens (a word replaced, text inserted): the copy is likely to
             # go on near n + 1 tokens in; copied all along: exactly n in
-            self._resume = self._copied_from + n + (n < len(context) - at)
+            point = self._copied_from + n + (n < len(context) - at)
+            # a point whose search window this one covers is the same copy, further on
+            self._resumes = [point, *(q for q in self._resumes
+                                      if not point - _RESUME_BACK <= q <= point + _RESUME_AHEAD)
+                             ][:_RESUME_POINTS]
         self._copied_from = -1
 
     def _resume_walk(self, k: int):
-        """Copy from where the last accepted copy left off. After an edit (a word replaced,
-        a type hint added) the reply usually goes on copying its source from just past the
-        edit, while the longest match of a short tail such as ``):`` is anywhere else: so
-        the context's end is matched again only near that place, and the longest local match
-        wins (the nearest on a tie)."""
-        text, base = self._text, self._base
-        resume, end = self._resume - base, len(text)
-        lo, hi = max(1, resume - _RESUME_BACK), min(end - 1, resume + _RESUME_AHEAD)
+        """Copy from where an accepted copy left off. After an edit (a word replaced, a type
+        hint added) the reply usually goes on copying its source from just past the edit,
+        while the longest match of a short tail such as ``):`` is anywhere else: so the
+        context's end is matched again only near the resume points, and the longest local
+        match wins, then the latest point's, then the nearest to it. Several points: a reply
+        that fills a template (its own earlier records) with values (a table in the prompt)
+        copies from two places in turn."""
+        text, base, end = self._text, self._base, len(self._text)
         last = text[-1]
-        best, best_len, best_distance = -1, 0, 0
-        for e in range(lo, hi + 1):  # e: where the copied tokens would start
-            if text[e - 1] != last:
-                continue
-            n = 1
-            while n < _RESUME_MAX_MATCH and n < e and text[e - 1 - n] == text[end - 1 - n]:
-                n += 1
-            distance = abs(e - resume)
-            if n > best_len or (n == best_len and distance < best_distance):
-                best, best_len, best_distance = e, n, distance
+        best, best_len, best_point, distance = -1, 0, -1, 0
+        for point in self._resumes:
+            resume = point - base
+            for e in range(max(1, resume - _RESUME_BACK), min(end - 1, resume + _RESUME_AHEAD) + 1):
+                if text[e - 1] != last:  # e: where the copied tokens would start
+                    continue
+                n = 1
+                while n < _RESUME_MAX_MATCH and n < e and text[e - 1 - n] == text[end - 1 - n]:
+                    n += 1
+                if n > best_len or (n == best_len and point == best_point
+                                    and abs(e - resume) < distance):
+                    best, best_len, best_point, distance = e, n, point, abs(e - resume)
         chain = _Chain()
         for i in range(min(k, end - best) if best >= 0 else 0):
             # a copy from the context, costed with its rates
@@ -517,7 +529,7 @@ class SuffixDrafter(Drafter):
         end = self._base + len(self._text)
         if len(context) < end or (self._text and context[end - 1] != self._text[-1]):
             self._reindex(context, len(context))  # not an extension (a caller error): rebuild
-            self._copied_from = self._resume = -1
+            self._copied_from, self._resumes = -1, []
         elif len(context) > end:
             new = context[end:]
             self._text.extend(new)
