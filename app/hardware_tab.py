@@ -14,6 +14,7 @@ from engine.errors import TandemError
 
 ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}
 GIB = 1024**3
+MIB = 1024**2
 
 
 class HardwareHandlers:
@@ -33,6 +34,11 @@ class HardwareHandlers:
                          f"context {info.n_ctx}")
             cal = info.calibration
             lines.append(render.numerics_line(info.numerics, cal.probe if cal else None))
+            if info.suffix_memory:
+                used, limit = info.suffix_memory
+                lines.append(f"**Suffix index** {used / MIB:.1f} MiB of {limit / MIB:.0f} MiB "
+                             "(everything said: conversations, replies, API requests; "
+                             "`TANDEM_SUFFIX_MEMORY` sets the bound)")
             if cal:
                 lines.append(f"**Plain decoding** {cal.plain_tok_per_s:.1f} tok/s (measured)")
                 lines.append("**If every draft were accepted** " + ", ".join(

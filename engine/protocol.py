@@ -192,6 +192,8 @@ class EngineInfo:
     numerics: NumericsInfo | None
     calibration: CalibrationInfo | None
     native_libraries_first: bool = True
+    # the suffix drafter's index of everything said: (bytes used, the bound) — estimated
+    suffix_memory: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

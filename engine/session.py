@@ -24,7 +24,7 @@ from engine.costs import Costs, LiveCosts
 from engine.drafters.base import Drafter
 from engine.drafters.model import ModelDrafter
 from engine.drafters.ngram import NgramDrafter
-from engine.drafters.suffix import SuffixDrafter, scope_key
+from engine.drafters.suffix import SuffixDrafter, requested_max_bytes, scope_key
 from engine.drafters.universal import UniversalDrafter
 from engine.hardware import check_fits
 from engine.prompting import prompt_tokens, stop_strings, system_prompt
@@ -82,11 +82,13 @@ class Session:
         target_path = models.resolve(request.target)
         draft_path = models.resolve(request.draft) if request.draft else None
         check_fits([p for p in (target_path, draft_path) if p], request.n_ctx)
+        suffix_bytes = requested_max_bytes()  # a bad setting fails before anything is unloaded
         self.close()
         options = RuntimeOptions(n_ctx=request.n_ctx, n_threads=request.n_threads,
                                  n_gpu_layers=request.n_gpu_layers)
         self.target = Model(target_path, replace(options, cache_types=requested_cache_types()))
-        self._drafters = {"ngram": NgramDrafter(), "suffix": SuffixDrafter()}
+        self._drafters = {"ngram": NgramDrafter(),
+                          "suffix": SuffixDrafter(max_bytes=suffix_bytes)}
         if draft_path is not None:
             self.draft = Model(draft_path, options)
             self.compatibility = compat.analyse(self.target, self.draft)
@@ -100,6 +102,12 @@ class Session:
                                      mode=self._numerics())
         self.live_costs = LiveCosts()
         return self.info()
+
+    def _suffix_memory(self) -> dict | None:
+        suffix = self._drafters.get("suffix")
+        if not isinstance(suffix, SuffixDrafter):
+            return None
+        return {"used": suffix.estimated_bytes(), "limit": suffix.max_bytes}
 
     def _numerics(self) -> str:
         requested = self.loaded.numerics if self.loaded is not None else None
@@ -135,6 +143,7 @@ class Session:
             "threads": self.target.options.threads(),
             "gpu_layers": self.target.options.gpu_layers(),
             "numerics": self.target.shape.to_dict(),
+            "suffix_memory": self._suffix_memory(),
             "calibration": None if cal is None else {
                 "target_seconds": cal.target.seconds,
                 "draft_token_seconds": cal.draft_token_seconds,

@@ -214,7 +214,9 @@ def engine_info(info: dict) -> p.EngineInfo | None:
         compatibility=compat["label"] if compat else None,
         compatibility_kind=compat["kind"] if compat else None, n_ctx=int(info["n_ctx"]),
         threads=int(info["threads"]), gpu_layers=int(info["gpu_layers"]), numerics=numerics,
-        calibration=calibration, native_libraries_first=NATIVE_FIRST)
+        calibration=calibration, native_libraries_first=NATIVE_FIRST,
+        suffix_memory=(int(memory["used"]), int(memory["limit"]))
+        if (memory := info.get("suffix_memory")) else None)
 
 
 def _pair(request: p.PairRequest) -> p.PairReport:

@@ -4,6 +4,8 @@ is a different store."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.session import ChatRequest, LoadRequest, Session
 
 
@@ -47,3 +49,28 @@ def test_the_acceptance_memory_lives_where_the_session_is_told(tiny_dir, tmp_pat
         finally:
             session.close()
         assert memory.path.parent == (directory or paths.calibration_dir())
+
+
+def test_the_memory_bound_is_a_setting_with_a_clear_error(tiny_dir, monkeypatch):
+    """``TANDEM_SUFFIX_MEMORY`` (MiB) bounds the suffix index; the Hardware tab shows its use.
+    A bad value is refused with the setting's name before the loaded pair is let go."""
+    from engine.errors import TandemError
+    from engine.worker import engine_info
+
+    monkeypatch.setenv("TANDEM_SUFFIX_MEMORY", "8")
+    session = Session()
+    try:
+        session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+        assert session.drafters()["suffix"].max_bytes == 8 * 2**20
+        before = session.info()["suffix_memory"]["used"]
+        ask(session, "You are terse.")
+        memory = session.info()["suffix_memory"]
+        assert memory["limit"] == 8 * 2**20 and before < memory["used"] <= memory["limit"]
+        assert engine_info(session.info()).suffix_memory == (memory["used"], memory["limit"])
+        for bad in ("0", "lots", "1e9", "nan", "-5"):
+            monkeypatch.setenv("TANDEM_SUFFIX_MEMORY", bad)
+            with pytest.raises(TandemError, match="TANDEM_SUFFIX_MEMORY"):
+                session.load(LoadRequest(str(tiny_dir / "target.gguf")))
+            assert session.target is not None and ask(session, "You are terse.")["text"]
+    finally:
+        session.close()

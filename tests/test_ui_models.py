@@ -83,6 +83,7 @@ def test_hardware_tab_shows_costs_seen_while_answering(controller):
     markdown, frame = controller.hardware()
     assert "target pass, seen while answering" not in set(frame["series"])
     assert "If every draft were accepted" in markdown and "ngram" in markdown
+    assert "**Suffix index**" in markdown and "of 64 MiB" in markdown  # the default bound
     request = p.ChatRequest((p.Message("user", "hello"),), max_tokens=24, mode="off")
     got_done = []
     # a consumer that stops reading at the final event (as any() does) must not hang the engine

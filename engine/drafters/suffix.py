@@ -11,7 +11,8 @@ Not thread-safe: the engine thread that runs the loop also calls ``remember``.
 
 API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` plus four calls):
 
-- ``SuffixDrafter(max_bytes=64 MiB, min_match=2, min_path_confidence=0.5)``.
+- ``SuffixDrafter(max_bytes=64 MiB, min_match=2, min_path_confidence=0.5)``; the app's bound
+  is ``requested_max_bytes()`` (``TANDEM_SUFFIX_MEMORY``, MiB).
 - ``reset(prompt, sampling)``: a reply starts. When ``prompt`` extends the text indexed so far
   (the next turn of the same conversation: old prompt + reply + new turn) only the new tokens
   are indexed; otherwise the context index is rebuilt (O(prompt), far below the prefill).
@@ -34,7 +35,8 @@ API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` pl
   After a reply, ``remember(new_prompt_tokens())`` and ``remember(reply)`` store each turn
   once; remembering every whole prompt would store a conversation's history again each turn
   (quadratic memory, and counts inflated by copies of the same text).
-- ``memory_bytes()``: the measured size of every index and store; the total is kept under
+- ``memory_bytes()``: the measured size of every index and store (O(size): for tests and the
+  bench); ``estimated_bytes()`` what the budget counts (O(1)). The total is kept under
   ``max_bytes`` by evicting the oldest remembered documents (any scope) and, for a context
   larger than half the budget, indexing only its recent part.
 
@@ -82,6 +84,7 @@ verify pass); a store that survives the process.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from array import array
 from bisect import bisect_left
@@ -89,6 +92,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine.drafters.base import Draft, Drafter
+from engine.errors import TandemError
 from engine.sampling import SamplingParams
 
 # transition key = token * _K + state (0 <= state < _K). The state goes in the low bits: a
@@ -109,6 +113,26 @@ _SOURCES = ("context", "store")
 # where the last accepted copy left off, the resume search looks this far back and ahead
 _RESUME_BACK, _RESUME_AHEAD, _RESUME_MAX_MATCH = 8, 48, 8
 _RESUME_POINTS = 3  # copies followed in different places (a template and its values) kept
+
+
+DEFAULT_MAX_MIB = 64
+MAX_MIB = 16384
+
+
+def requested_max_bytes() -> int:
+    """``TANDEM_SUFFIX_MEMORY``: the bound on everything the suffix drafter keeps (the
+    conversation's index, remembered replies and API requests), in MiB; default 64."""
+    raw = os.environ.get("TANDEM_SUFFIX_MEMORY", "").strip()
+    if not raw:
+        return DEFAULT_MAX_MIB * 2**20
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = float("nan")
+    if not 1 <= mib <= MAX_MIB:  # also false for nan
+        raise TandemError(f"TANDEM_SUFFIX_MEMORY must be a size in MiB from 1 to {MAX_MIB} "
+                          f"(default {DEFAULT_MAX_MIB}), not {raw!r}")
+    return int(mib * 2**20)
 
 
 def scope_key(system_prompt: str) -> str:
@@ -407,6 +431,10 @@ class SuffixDrafter(Drafter):
             return list(self._text[:end - self._base]) if end > self._base else []
         return list(self._text[start - self._base:end - self._base])
 
+    def estimated_bytes(self) -> int:
+        """What the budget counts: every index and store, estimated in O(1)."""
+        return self._local_bytes() + sum(s.estimate_bytes() for s in self._stores.values())
+
     def memory_bytes(self) -> int:
         """Measured size (sys.getsizeof of every container and int) of all indexes."""
         return (self._context.measured_bytes() + sys.getsizeof(self._text)
@@ -569,8 +597,7 @@ class SuffixDrafter(Drafter):
     def _enforce_budget(self) -> None:
         """Evict the oldest documents (any scope) until the total is under 3/4 of the budget
         (so the rebuilds this costs are amortised over a quarter of the budget)."""
-        used = self._local_bytes() + sum(s.estimate_bytes() for s in self._stores.values())
-        if used <= self.max_bytes:
+        if self.estimated_bytes() <= self.max_bytes:
             return
         per_token = self._bytes_per_token()
         docs = sorted((seq, name, doc) for name, s in self._stores.items() for seq, doc in s.docs)
