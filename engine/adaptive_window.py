@@ -226,7 +226,7 @@ class AdaptiveController(WindowPolicy):
     def choose(self) -> tuple[Drafter, int]:
         costs = self.live.apply(self.planned)
         step_cost = costs.curve.verify
-        if costs is not self.costs or not self.ceilings:  # a new median was published
+        if costs is not self.costs:  # new costs: a median was published, or a first step
             self.costs = costs
             self.ceilings = {d.name: ceiling(self._draft_cost(d), step_cost, self.max_window)
                              for d in self.drafters}

@@ -17,6 +17,7 @@ from helpers import run_to_end
 
 from engine.drafters.ngram import NgramDrafter
 from engine.drafters.suffix import SuffixDrafter, scope_key
+from engine.replay import matching
 from engine.speculative import GenerationParams
 from engine.window import FixedWindow
 
@@ -376,9 +377,7 @@ def decode(drafter: SuffixDrafter, prompt: list[int], reply: list[int], window: 
     position, drafted = 0, []
     while position < len(reply):
         draft = drafter.propose(prompt + reply[:position], min(window, len(reply) - position - 1))
-        accepted = 0
-        while accepted < len(draft.tokens) and draft.tokens[accepted] == reply[position + accepted]:
-            accepted += 1
+        accepted = matching(draft.tokens, reply[position:])
         if draft.tokens:
             drafter.accepted(accepted, len(draft.tokens))
         drafted += [True] * accepted + [False]
@@ -409,10 +408,10 @@ def test_a_template_and_its_values_are_copied_from_two_places():
             key_at.append(len(reply) + 1)
             reply += [quote, key, *value, separator]
         reply.append(closing)
-    later = [i for i in key_at[6:]]  # from the third record on
     for make, all_drafted in ((SuffixDrafter, True), (OneResumePoint, False)):
         drafted = decode(make(min_path_confidence=0.0), prompt, reply)
-        assert all(drafted[i] for i in later) is all_drafted, make.__name__
+        # from the third record on
+        assert all(drafted[i] for i in key_at[6:]) is all_drafted, make.__name__
 
 
 def test_a_fixed_window_is_a_ceiling_not_a_length():
