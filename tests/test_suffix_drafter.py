@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -435,24 +436,51 @@ def renamed(rng: random.Random, pieces: int, old: list[int], new: list[int]
 
 
 def test_a_rename_is_learned_and_replayed_in_later_copies():
-    """The reply copies code with a name changed (a one-token name becomes two tokens). Each
-    time it reaches the old name a plain copy drafts it and is rejected; once the reply came
-    back to the copy after the first rename, the drafter knows the edit and drafts the new
-    name itself, and the copy goes on past it in the same draft."""
-    rng = random.Random(5)
-    old, new = unique(rng, 1, 5000), unique(rng, 2, 6000)
-    prompt, reply, at = renamed(rng, 12, old, new)
-    for threshold in (0.5, 0.0):  # a fixed window's own rule, and no length cut
-        learned = decode(SuffixDrafter(min_path_confidence=threshold), prompt, reply)
-        plain = decode(SuffixDrafter(min_path_confidence=threshold, substitutions=False),
-                       prompt, reply)
-        # the new name's first token came from a draft (not the target after a rejection
-        # nor a step's last token, where a window of 8 happens to end) at most renames
-        assert not any(plain[i] for i in at), threshold
-        assert sum(learned[i] for i in at[2:]) >= len(at[2:]) - 3, threshold
-        # a target pass saved for about every rename after the first
-        passes = [len(reply) - sum(drafted) for drafted in (learned, plain)]
-        assert passes[1] - passes[0] >= len(at) - 2, (threshold, passes)
+    """The reply copies code with a name changed (one token to two, three to one, two to
+    two). Each time it reaches the old name a plain copy drafts it and is rejected; once the
+    reply came back to the copy after the first rename, the drafter knows the edit and drafts
+    the new name itself, and the copy goes on right past the old name in the same draft."""
+    for old_tokens, new_tokens in ((1, 2), (3, 1), (2, 2)):
+        rng = random.Random(5)
+        old, new = unique(rng, old_tokens, 5000), unique(rng, new_tokens, 6000)
+        prompt, reply, at = renamed(rng, 12, old, new)
+        for threshold in (0.5, 0.0):  # a fixed window's own rule, and no length cut
+            case = (old_tokens, new_tokens, threshold)
+            learned = decode(SuffixDrafter(min_path_confidence=threshold), prompt, reply)
+            plain = decode(SuffixDrafter(min_path_confidence=threshold, substitutions=False),
+                           prompt, reply)
+            # the new name's first token came from a draft (not the target after a rejection
+            # nor a step's last token, where a window of 8 happens to end) at most renames
+            assert not any(plain[i] for i in at), case
+            assert sum(learned[i] for i in at[2:]) >= len(at[2:]) - 3, case
+            # and so did the token after it (the copy resumed at the right place)
+            assert sum(learned[i + len(new)] for i in at[2:-1]) >= len(at[2:-1]) // 2, case
+            # a target pass saved for about every rename after the first
+            passes = [len(reply) - sum(drafted) for drafted in (learned, plain)]
+            assert passes[1] - passes[0] >= len(at) - 2, (case, passes)
+
+
+def test_each_edit_is_learned_once_and_counted_once():
+    """Two renames, one of them right after a replayed one (``OLD c d FOO`` in one place,
+    ``FOO`` alone in others): exactly the two edits are learned (not one spanning both), and a
+    replay accepted counts once (at most one hit per occurrence after the first)."""
+    rng = random.Random(11)
+    old, new, foo, bar = [5001], [6001, 6002], [7001], [8001]
+    pieces = ([(unique(rng, 6), old) for _ in range(4)] + [(unique(rng, 6), old + unique(rng, 2)
+                                                               + foo)]
+              + [(unique(rng, 6), foo) for _ in range(7)])
+    prompt = unique(rng, 20) + [t for piece, tail in pieces for t in piece + tail]
+    prompt += unique(rng, 15)
+    renames = {old[0]: new, foo[0]: bar}
+    reply = [t for piece, tail in pieces for t in piece + [r for x in tail
+                                                           for r in renames.get(x, [x])]]
+    drafter = SuffixDrafter(min_path_confidence=0.0)
+    decode(drafter, prompt, reply)
+    rules = {(rule.source, rule.replacement): rule
+             for rules in drafter._rules.values() for rule in rules}
+    assert set(rules) == {(tuple(old), tuple(new)), (tuple(foo), tuple(bar))}
+    assert 0 < rules[tuple(old), tuple(new)].hits <= 5 - 1
+    assert 0 < rules[tuple(foo), tuple(bar)].hits <= 8 - 1
 
 
 def test_an_edit_made_once_is_not_replayed_for_ever():
@@ -499,6 +527,30 @@ def test_a_resumed_copy_is_found_after_a_learned_edit():
         assert resumed is learn and (drafter.last.source == "resume") is learn, learn
 
 
+def test_a_replacement_cut_short_ends_the_draft():
+    """Renames into several tokens: where the draft's confidence runs out inside a replayed
+    replacement, the draft ends there; copying on past the old name would drop the rest of
+    the new one (a draft that cannot be accepted past that point)."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        old = unique(rng, rng.randint(1, 3), 5000)
+        new = unique(rng, rng.randint(2, 4), 6000)
+        prompt, reply, _ = renamed(rng, 30, old, new)
+        for threshold in (0.3, 0.5, 0.7):
+            drafter = SuffixDrafter(min_path_confidence=threshold)
+            drafter.reset(prompt, None)
+            position = 0
+            while position < len(reply):
+                draft = drafter.propose(prompt + reply[:position],
+                                        min(8, len(reply) - position - 1)).tokens
+                assert all(j == len(draft) for i, j, rule in drafter._draft.spans
+                           if j - i < len(rule.replacement)), (seed, threshold, position)
+                accepted = matching(draft, reply[position:])
+                if draft:
+                    drafter.accepted(accepted, len(draft))
+                position += accepted + 1
+
+
 def test_learned_edits_keep_proposals_well_formed():
     """Random replies that copy the prompt with random substitutions made consistently (the
     brute-force reference above does not model learned edits): every proposal stays within
@@ -524,16 +576,18 @@ def test_learned_edits_keep_proposals_well_formed():
                 i += 1
             if rng.random() < 0.03:
                 i = rng.randrange(len(prompt))
-        drafter = SuffixDrafter(min_path_confidence=rng.choice([0.0, 0.5]))
+        drafter = SuffixDrafter(min_path_confidence=rng.choice([0.0, 0.5, 0.7]),
+                                min_confidence=rng.choice([0.0, 0.3]))
         drafter.reset(prompt, None)
         position = 0
         while position < len(reply):
             k = rng.randint(1, 8)
             draft = drafter.propose(prompt + reply[:position], k).tokens
-            path = drafter.path_confidences
-            assert len(draft) <= k and len(drafter.confidences) == len(path) == len(draft)
-            assert all(0 <= p <= 1 for p in drafter.confidences)
-            assert all(a >= b for a, b in zip(path, path[1:]))
+            conf, path = drafter.confidences, drafter.path_confidences
+            assert len(draft) <= k and len(conf) == len(path) == len(draft)
+            assert all(drafter.min_confidence <= p <= 1 for p in conf)
+            assert all(p >= drafter.min_path_confidence for p in path)
+            assert path == pytest.approx([math.prod(conf[:i + 1]) for i in range(len(conf))])
             replayed += drafter.last.substitutions
             accepted = matching(draft, reply[position:])
             if draft:
