@@ -624,7 +624,8 @@ class SuffixDrafter(Drafter):
         last = text[-1]
         # learned edits the context just made: their source text is matched as their output
         made = [(rule.source, len(rule.replacement)) for rules in self._rules.values()
-                for rule in rules if rule.rate >= _RULE_MIN_RATE
+                for rule in rules if rule.replacement[-1] == last
+                and rule.rate >= _RULE_MIN_RATE
                 and tuple(text[end - len(rule.replacement):]) == rule.replacement]
         best, best_len, best_point, distance = -1, 0, -1, 0
         for point in self._resumes:
@@ -632,13 +633,15 @@ class SuffixDrafter(Drafter):
             for e in range(max(1, resume - _RESUME_BACK), min(end - 1, resume + _RESUME_AHEAD) + 1):
                 if text[e - 1] == last:  # e: where the copied tokens would start
                     n = _common_tail(text, e, end, _RESUME_MAX_MATCH)
-                else:  # or where they go on after a learned edit's source
+                elif made:  # or where they go on after a learned edit's source
                     n = max((min(made_len + _common_tail(text, e - len(source), end - made_len,
                                                          _RESUME_MAX_MATCH), _RESUME_MAX_MATCH)
                              for source, made_len in made
                              if tuple(text[e - len(source):e]) == source), default=0)
                     if not n:
                         continue
+                else:
+                    continue
                 if n > best_len or (n == best_len and point == best_point
                                     and abs(e - resume) < distance):
                     best, best_len, best_point, distance = e, n, point, abs(e - resume)
@@ -660,34 +663,34 @@ class SuffixDrafter(Drafter):
         if start < 0:
             return stats, chain, start
         text, base = self._text, self._base
-        out, s, fired, changed = _Chain(), start - base, 0, False
+        # the first rule in the draft's span (or right after it, room allowing)
+        first = next((i for i in range(min(len(chain.tokens) + 1, k))
+                      if start - base + i < len(text) and self._rule_at(start - base + i)), -1)
+        if first < 0:
+            return stats, chain, start
+        out = _Chain(chain.tokens[:first], chain.conf[:first], chain.path[:first],
+                     chain.cells[:first], chain.after[:first])
+        s, fired = start - base + first, 0
         while len(out.tokens) < k and s < len(text):
             rule = self._rule_at(s)
             if rule is not None:  # the source text here was edited before: never draft it
-                changed, first = True, len(out.tokens)
-                for i, token in enumerate(rule.replacement[:k - first]):
+                at = len(out.tokens)
+                for i, token in enumerate(rule.replacement[:k - at]):
                     if not self._push(out, rule.rate if i == 0 else _RULE_NEXT, token, None,
                                       base + s + len(rule.source)):
                         break
-                if len(out.tokens) == first:
+                if len(out.tokens) == at:
                     break
-                out.spans.append((first, len(out.tokens), rule))
+                out.spans.append((at, len(out.tokens), rule))
                 fired += 1
-                if len(out.tokens) - first < len(rule.replacement):
+                if len(out.tokens) - at < len(rule.replacement):
                     break  # cut inside the replacement: the copy cannot go on past its source
                 s += len(rule.source)
-                continue
-            i = len(out.tokens)
-            if not fired:  # the draft as it was, up to the first rule
-                if i >= len(chain.tokens):
-                    break
-                self._push(out, chain.conf[i], chain.tokens[i], chain.cells[i], chain.after[i],
-                           check=False)
-            elif not self._extend(out, 0, _RESUME_MAX_MATCH + i, 1, 1, text[s], base + s + 1):
+            elif self._extend(out, 0, _RESUME_MAX_MATCH + len(out.tokens), 1, 1, text[s],
+                              base + s + 1):
+                s += 1
+            else:
                 break
-            s += 1
-        if not changed:
-            return stats, chain, start
         if not out.tokens:
             return SuffixProposal(), out, -1
         return (SuffixProposal(stats.source, stats.match_length, stats.support, sum(out.path),
@@ -726,10 +729,9 @@ class SuffixDrafter(Drafter):
                           (source, _cell(matched, support), support / total,
                            _prior_error(matched, support)), after)
 
-    def _push(self, chain: _Chain, p: float, token: int, cell, after: int,
-              check: bool = True) -> bool:
+    def _push(self, chain: _Chain, p: float, token: int, cell, after: int) -> bool:
         prob = (chain.path[-1] if chain.path else 1.0) * p
-        if check and (p < self.min_confidence or prob < self.min_path_confidence):
+        if p < self.min_confidence or prob < self.min_path_confidence:
             return False
         chain.tokens.append(token)
         chain.conf.append(p)
