@@ -555,7 +555,8 @@ class SuffixDrafter(Drafter):
         """Move a resume point along the last draft's source by as many tokens as the
         context took from it since (read from the context, so it does not matter which calls
         were skipped nor how much of the draft was verified); a context that did not follow
-        that source at all keeps the earlier resume points."""
+        that source at all keeps the earlier resume points. Where the context leaves the copy,
+        the place is kept until it comes back to a copy from nearby (an edit is learned then)."""
         start, at, draft = self._copied_from, self._copied_at, self._draft
         self._copied_from = -1
         if start < self._base or at > len(context):
