@@ -390,8 +390,8 @@ class SuffixDrafter(Drafter):
         # the last draft: followed by the next proposal; scored by ``accepted`` (once)
         self._draft = self._unscored = _Chain()
         # the last draft: the context position its tokens were copied from (-1: none, or
-        # from a store), the context length it was proposed at and its match length
-        self._copied_from, self._copied_at, self._copied_match = -1, 0, 0
+        # from a store) and the context length it was proposed at (its match length: last)
+        self._copied_from, self._copied_at = -1, 0
         # context positions where the last copies the reply followed go on, latest first
         self._resumes: list[int] = []
         # where the reply last left a copy (source position, context position), until it
@@ -438,7 +438,6 @@ class SuffixDrafter(Drafter):
         self._draft = self._unscored = chain
         self.confidences, self.path_confidences = chain.conf, chain.path
         self._copied_from, self._copied_at = start, len(context)
-        self._copied_match = self.last.match_length
         return Draft(chain.tokens)
 
     def accepted(self, n_accepted: int, n_drafted: int) -> None:
@@ -576,13 +575,14 @@ class SuffixDrafter(Drafter):
                 n += 1
                 source += 1
         diverged = at + n < len(context)
+        left_at_once = diverged and self.last.match_length >= _LEFT_MIN_MATCH
         if n and self._left is not None:
             self._learn_edit(context, start, at, n)
         if diverged and any(i <= n < j for i, j, _ in draft.spans):
             self._left = None  # a replayed edit was wrong: no new one to learn here
-        elif diverged and (n or self._copied_match >= _LEFT_MIN_MATCH):
+        elif diverged and n or left_at_once:
             self._left = (source, at + n)
-        if n or (diverged and self._copied_match >= _LEFT_MIN_MATCH):
+        if n or left_at_once:
             # diverged (a word replaced, text inserted): the copy is likely to go on near one
             # token past the divergence; copied all along: exactly where it stopped
             point = source + diverged
