@@ -310,25 +310,15 @@ class Model:
             raise ContextFull(self.n_ctx)
         if logits == "all" and len(tokens) > self.n_batch:
             raise ValueError("cannot return logits for more than n_batch tokens at once")
-        batch = self._batch
         started = time.perf_counter()
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
-            last_chunk = start + self.n_batch >= len(tokens)
-            pos0 = len(self.kv_tokens)
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = pos0 + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = last_chunk and (logits == "all" or
-                                                  (logits == "last" and i == len(chunk) - 1))
-            batch.n_tokens = len(chunk)
-            code = llama_cpp.llama_decode(self._ctx, batch)
-            if code != 0:
-                raise TandemError(f"llama.cpp could not evaluate the batch (code {code}); the "
-                                  "context may be full or memory exhausted.")
-            self.kv_tokens.extend(chunk)
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                self._decode_chunk(tokens[start:start + self.n_batch],
+                                   start + self.n_batch >= len(tokens), logits)
+        except BaseException:
+            # an error or an interrupt (Ctrl-C, a timeout) may leave cells past kv_tokens
+            self._drop_unrecorded()
+            raise
         if logits == "none":
             self.busy_seconds += time.perf_counter() - started
             return None
@@ -336,6 +326,29 @@ class Model:
         self.busy_seconds += time.perf_counter() - started
         rows = len(tokens) if logits == "all" else 1
         return np.ctypeslib.as_array(pointer, shape=(rows, self.n_vocab))
+
+    def _decode_chunk(self, chunk: Sequence[int], last_chunk: bool, logits: str) -> None:
+        batch = self._batch
+        pos0 = len(self.kv_tokens)
+        for i, token in enumerate(chunk):
+            batch.token[i] = token
+            batch.pos[i] = pos0 + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = last_chunk and (logits == "all" or
+                                              (logits == "last" and i == len(chunk) - 1))
+        batch.n_tokens = len(chunk)
+        code = llama_cpp.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise TandemError(f"llama.cpp could not evaluate the batch (code {code}); the "
+                              "context may be full or memory exhausted.")
+        self.kv_tokens.extend(chunk)
+
+    def _drop_unrecorded(self) -> None:
+        """Make the cache hold exactly ``kv_tokens`` again after a pass that did not finish."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, len(self.kv_tokens), -1):
+            llama_cpp.llama_memory_clear(self._memory, True)
+            self.kv_tokens = []
 
     def truncate(self, n_keep: int) -> None:
         """Roll the KV cache back so it holds only the first ``n_keep`` tokens."""

@@ -210,3 +210,24 @@ def test_sampling_reproducible_with_seed(tiny_target, tiny_draft):
     first = run_to_end(tiny_target, prompt, params, FixedWindow(ModelDrafter(tiny_draft), 3))
     second = run_to_end(tiny_target, prompt, params, FixedWindow(ModelDrafter(tiny_draft), 3))
     assert first.tokens == second.tokens
+
+
+def test_an_interrupt_during_a_pass_leaves_the_model_usable(tiny_target, target_copy,
+                                                             monkeypatch):
+    """An exception raised while llama.cpp evaluates a pass (Ctrl-C, a timeout) must not leave
+    the cache holding tokens the model does not know about: the next reply is the plain one."""
+    import engine.runtime as runtime
+
+    expected = plain(target_copy, PROMPTS[1], max_tokens=24)
+    real_decode = runtime.llama_cpp.llama_decode
+
+    def decode_then_interrupt(ctx, batch):
+        real_decode(ctx, batch)  # the pass went into the cache...
+        raise KeyboardInterrupt  # ...and the interrupt arrived before it was recorded
+
+    prompt = tiny_target.tokenize(PROMPTS[1])
+    monkeypatch.setattr(runtime.llama_cpp, "llama_decode", decode_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_to_end(tiny_target, prompt, GenerationParams(24))
+    monkeypatch.setattr(runtime.llama_cpp, "llama_decode", real_decode)
+    assert plain(tiny_target, PROMPTS[1], max_tokens=24).tokens == expected.tokens
