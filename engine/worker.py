@@ -5,7 +5,8 @@ Requests arrive as ``Envelope``s; a chat answers with ``Started``, ``Chunk``s an
 ``Done`` or ``Failed``; anything else with one ``Result`` or ``Failure``. The session speaks
 plain dicts; this module is where they become the protocol's dataclasses. A second
 connection carries ``Cancel(id)``, which stops that reply (and no other) after the current
-step, even when it arrives before the reply started.
+step, even when it arrives before the reply started; when it closes, the parent is gone and
+the worker exits at once.
 
 ``serve`` loads llama.cpp's shared libraries before anything imports numpy: on CUDA builds a
 process that imports numpy first crashes inside llama.cpp's model load (measured on an H100;
@@ -19,6 +20,7 @@ Not for: the request API (``engine.facade``) or answering (``engine.session``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import traceback
@@ -77,7 +79,9 @@ def _listen(control, cancels: Cancels) -> None:
         try:
             message = control.recv()
         except (EOFError, OSError):
-            return
+            # the parent is gone (closed, killed): leave now, not when the work in hand (a
+            # model load and its calibration, seconds of both cores) next tries to answer
+            os._exit(0)
         if isinstance(message, p.Cancel):
             cancels.cancel(message.id)
 

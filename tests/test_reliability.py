@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 from app_process import running_app
+from conftest import offline_model
 from gradio_client import Client
 from helpers import message_text
 from test_model_files import hostile_corpus
@@ -197,6 +198,24 @@ def worker_processes(app_pid: int) -> list[psutil.Process]:
     return [child for child in psutil.Process(app_pid).children(recursive=True)
             if "engine" in " ".join(child.cmdline()) or "multiprocessing" in
             " ".join(child.cmdline())]
+
+
+@pytest.mark.slow
+def test_the_worker_goes_when_the_app_is_closed_while_models_load(isolated_home):
+    """Closing the app while its worker loads and calibrates the models (seconds of work with
+    nothing sent back, on the real 1.5B target) must not leave the worker running on, holding
+    the CPU and the memory."""
+    with running_app(isolated_home, offline_model("qwen2.5-coder-1.5b-instruct-q4_k_m"),
+                     None) as (_, proc):
+        deadline = time.monotonic() + 60
+        while not (workers := worker_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert workers, "the app started no worker"
+        assert workers[0].cpu_percent(1.0) > 50, "the worker is not loading"
+    _, running = psutil.wait_procs(workers, timeout=5)
+    for worker in running:
+        worker.kill()
+    assert not running, "the worker outlived the app"
 
 
 def thread_of(home, title: str) -> list[tuple[str, str, bool]]:
