@@ -77,14 +77,28 @@ def prompts(n: int, per_category: int = 1) -> list[dict]:
     return rows[:n]
 
 
+PLAIN_TOKENS = 96  # the longest reply any test here compares; shorter ones are its prefixes
+_plain_runs: dict[tuple, tuple[list[int], list[float]]] = {}
+
+
 def plain_with_gaps(target, tokens, max_tokens):
-    gaps = []
+    """Plain greedy decoding's first ``max_tokens`` tokens and each one's top-2 logit gap.
+    Greedy decoding is deterministic, so each prompt is decoded once per pass shape (at
+    ``PLAIN_TOKENS``) and shorter replies are its prefixes: the tests here stay within the
+    per-test timeout on a slow CI machine."""
+    assert max_tokens <= PLAIN_TOKENS
+    key = (tuple(tokens), target.shape)
+    if key not in _plain_runs:
+        gaps = []
 
-    def hook(step):
-        gaps.append(float(step.margins[0]))
+        def hook(step):
+            gaps.append(float(step.margins[0]))
 
-    result = run_to_end(target, tokens, GenerationParams(max_tokens), on_step=hook, margins=True)
-    return result, gaps
+        result = run_to_end(target, tokens, GenerationParams(PLAIN_TOKENS), on_step=hook,
+                            margins=True)
+        _plain_runs[key] = (result.tokens, gaps)
+    plain, gaps = _plain_runs[key]
+    return plain[:max_tokens], gaps[:max_tokens]
 
 
 def self_consistent_hook(failures):
@@ -105,9 +119,9 @@ def check_pair(target, drafter_factory, rows, max_tokens, tolerance, k=3):
                           on_step=self_consistent_hook(failures))
         accepted += spec.stats.accepted
         drafted += spec.stats.drafted
-        if spec.tokens != plain.tokens:
-            at = next((i for i, (a, b) in enumerate(zip(plain.tokens, spec.tokens)) if a != b),
-                      min(len(plain.tokens), len(spec.tokens)))
+        if spec.tokens != plain:
+            at = next((i for i, (a, b) in enumerate(zip(plain, spec.tokens)) if a != b),
+                      min(len(plain), len(spec.tokens)))
             diverged.append((row["id"], at, gaps[at] if at < len(gaps) else None))
     assert not failures, f"emitted tokens that were not the target's choice: {failures[:5]}"
     for prompt_id, at, gap in diverged:
@@ -118,17 +132,19 @@ def check_pair(target, drafter_factory, rows, max_tokens, tolerance, k=3):
     return diverged, accepted / max(drafted, 1)
 
 
-def test_same_family_draft_and_ngram_on_a_prompt_of_every_category(target, tolerance):
+def test_same_family_draft_on_a_prompt_of_every_category(target, tolerance):
     draft = Model(offline_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), OPTIONS)
     try:
-        rows = prompts(7)
-        diverged, acceptance = check_pair(target, lambda row: ModelDrafter(draft), rows, 96,
-                                          tolerance)
+        diverged, acceptance = check_pair(target, lambda row: ModelDrafter(draft), prompts(7),
+                                          PLAIN_TOKENS, tolerance)
         assert acceptance > 0.5
-        check_pair(target, lambda row: NgramDrafter(), rows, 96, tolerance)
     finally:
         draft.close()
     print(json.dumps({"diverged": diverged, "acceptance": acceptance, "tolerance": tolerance}))
+
+
+def test_ngram_drafts_on_a_prompt_of_every_category(target, tolerance):
+    check_pair(target, lambda row: NgramDrafter(), prompts(7), PLAIN_TOKENS, tolerance)
 
 
 @pytest.mark.parametrize("draft_id", ["smollm2-135m-instruct-q4_1", "gemma-3-270m-q4_k_m"])
