@@ -64,6 +64,26 @@ def tiny_target(tiny_dir):
     model.close()
 
 
+@pytest.fixture(autouse=True)
+def no_stray_workers():
+    """After each test, no engine worker may outlive the app that started it: a stray one
+    would hold both cores and slow every later test (CI has timed out on such a slowdown)."""
+    yield
+    import psutil
+
+    def orphaned(process: psutil.Process) -> bool:
+        try:
+            return "engine.worker" in process.cmdline() and process.ppid() == 1
+        except psutil.Error:
+            return False
+
+    strays = [process for process in psutil.process_iter() if orphaned(process)]
+    _, running = psutil.wait_procs(strays, timeout=5)
+    for process in running:
+        process.kill()
+    assert not running, f"engine workers outlived their app: {[p.pid for p in running]}"
+
+
 def pytest_collection_modifyitems(config, items):
     # deterministic, cheap tests first; the real-model ones after
     items.sort(key=lambda item: ("slow" in item.keywords, "browser" in item.keywords))
