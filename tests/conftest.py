@@ -67,7 +67,7 @@ def tiny_target(tiny_dir):
 @pytest.fixture(autouse=True)
 def no_stray_workers():
     """After each test, no engine worker may outlive the app that started it: a stray one
-    would hold both cores and slow every later test (CI has timed out on such a slowdown)."""
+    can hold both cores and slow later tests past their timeout."""
     yield
     import psutil
 
