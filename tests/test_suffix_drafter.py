@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import run_to_end
 
+from engine.drafters import suffix as suffix_module
 from engine.drafters.ngram import NgramDrafter
 from engine.drafters.suffix import SuffixDrafter, scope_key
 from engine.replay import matching
@@ -207,7 +208,7 @@ def first_mismatch(make_drafter, seeds=range(40)) -> str | None:
         scratch = make_drafter(min_match=drafter.min_match,
                                min_path_confidence=drafter.min_path_confidence,
                                min_confidence=drafter.min_confidence, substitutions=False)
-        scratch._rates = copy.deepcopy(drafter._rates)
+        scratch._scope_rates = copy.deepcopy(drafter._scope_rates)
         for doc in docs[active]:
             scratch.remember(doc, active)
         scratch.scope(active)
@@ -690,6 +691,36 @@ def test_cross_conversation_memory_is_shared_within_a_scope_only():
     assert drafter.propose(reply[:10], 4).tokens and drafter.last.source == "store"
     drafter.forget(system_a)
     assert drafter.propose(reply[:10], 4).tokens == []
+
+
+def test_acceptance_is_learned_per_scope():
+    """What an agent's system prompt taught (its drafts were all rejected) does not change the
+    drafts of requests under another system prompt, and is still there when it comes back;
+    at most _RATED_SCOPES scopes are kept, the least recently used going first."""
+    rng = random.Random(8)
+    passage = unique(rng, 60)
+    context = unique(rng, 10) + passage + unique(rng, 5) + passage[:6]
+
+    def confidences(drafter: SuffixDrafter, scope: str) -> list[float]:
+        drafter.scope(scope)
+        drafter.reset(context, None)
+        drafter.propose(context, 8)
+        return list(drafter.path_confidences)
+
+    untaught = confidences(SuffixDrafter(min_path_confidence=0.0), "")
+    drafter = SuffixDrafter(min_path_confidence=0.0)
+    drafter.scope(scope_key("You are agent A."))
+    for _ in range(30):
+        drafter.reset(context, None)
+        drafter.accepted(0, len(drafter.propose(context, 8).tokens))
+    taught = confidences(drafter, scope_key("You are agent A."))
+    assert taught[0] < untaught[0] - 0.2
+    assert confidences(drafter, scope_key("You are agent B.")) == untaught
+    assert confidences(drafter, scope_key("You are agent A.")) == taught
+    for i in range(suffix_module._RATED_SCOPES):
+        confidences(drafter, f"scope {i}")
+    assert len(drafter._scope_rates) == suffix_module._RATED_SCOPES
+    assert confidences(drafter, scope_key("You are agent A.")) == untaught  # evicted
 
 
 def test_memory_stays_under_the_bound():

@@ -26,11 +26,13 @@ API (``SuffixDrafter``; the ``Drafter`` interface of ``engine.drafters.base`` pl
   context, the scope's store and the *resume points* are searched; the draft with more
   expected accepted tokens wins (counts of the sources are not merged).
 - ``accepted(n_accepted, n_drafted)``: learns how often drafts are accepted, per source (one
-  scale for all) and per (match length, support). A policy that verifies only the first j
-  drafted tokens passes ``n_drafted=j``.
-- ``scope(name)``: which cross-conversation store ``propose`` consults (default ``""``);
-  ``scope_key(system_prompt)`` makes a name. ``remember(tokens, scope=None)`` adds a finished
-  reply or request (target token ids) to a store; ``forget(scope=None)`` drops one or all.
+  scale for all) and per (match length, support), under the current scope. A policy that
+  verifies only the first j drafted tokens passes ``n_drafted=j``.
+- ``scope(name)``: which cross-conversation store ``propose`` consults (default ``""``), and
+  whose learned acceptance it drafts with (an agent's tool-driven turns are not calibrated on
+  plain chat, nor the reverse; at most 64 scopes keep theirs, a new one starts from the
+  prior); ``scope_key(system_prompt)`` makes a name. ``remember(tokens, scope=None)`` adds a
+  finished reply or request (target token ids) to a store; ``forget(scope=None)`` drops one or all.
   ``new_prompt_tokens()``: the part of the last ``reset`` prompt that was new to the context
   index — the new turn when the prompt extended the previous context, else the whole prompt.
   After a reply, ``remember(new_prompt_tokens())`` and ``remember(reply)`` store each turn
@@ -139,6 +141,7 @@ _RULE_PRIOR = (2.0, 3.0)  # a new rule's rate: (hits + 2) / (tries + 3)
 _RULE_NEXT = 0.95  # a replacement's later tokens, given its first was accepted
 _RULE_MIN_RATE = 0.55  # a rule under this rate is no longer replayed
 _LEFT_MIN_MATCH = 4  # a draft rejected at once left a copy if it matched this many
+_RATED_SCOPES = 64  # scopes whose learned acceptance is kept (least recently used goes)
 
 
 DEFAULT_MAX_MIB = 64
@@ -381,12 +384,9 @@ class SuffixDrafter(Drafter):
         self._scope = ""
         self._seq = 0
         self._match = (0, 0, 0, -1, "")  # store matcher: state, length, tokens fed, version, scope
-        # learned per source: [rejections seen, rejections the prior predicted] scales the
-        # prior's error for every cell at once; [accepted, weight] per (length, support) cell
-        # refines it where a cell has evidence of its own
-        self._rates = [{"scale": [_SCALE_WEIGHT, _SCALE_WEIGHT],
-                        "cells": [[0.0, 0.0] for _ in range((len(_M_BOUNDS) + 1) * _N_C)]}
-                       for _ in _SOURCES]
+        # acceptance learned per scope (most recently used last), and the current scope's
+        self._scope_rates: dict[str, list[dict]] = {}
+        self._rates = self._rates_for("")
         # the last draft: followed by the next proposal; scored by ``accepted`` (once)
         self._draft = self._unscored = _Chain()
         # the last draft: the context position its tokens were copied from (-1: none, or
@@ -469,8 +469,10 @@ class SuffixDrafter(Drafter):
     # --- cross-conversation stores ---------------------------------------------------------
 
     def scope(self, name: str) -> None:
-        """Consult the store ``name`` from now on (a name never remembered into is empty)."""
+        """Consult the store ``name`` from now on (a name never remembered into is empty), and
+        draft with the acceptance learned under it."""
         self._scope = name
+        self._rates = self._rates_for(name)
 
     def remember(self, tokens: Sequence[int], scope: str | None = None) -> None:
         """Add a finished reply or request (target token ids) to a scope's store."""
@@ -508,6 +510,20 @@ class SuffixDrafter(Drafter):
                 + sum(store.measured_bytes() for store in self._stores.values()))
 
     # --- internals -------------------------------------------------------------------------
+
+    def _rates_for(self, scope: str) -> list[dict]:
+        """The acceptance learned under ``scope``, per source: [rejections seen, rejections the
+        prior predicted] scales the prior's error for every cell at once; [accepted, weight]
+        per (length, support) cell refines it where a cell has evidence of its own. A scope
+        not seen yet (or evicted: at most ``_RATED_SCOPES``) starts from the prior."""
+        rates = self._scope_rates.pop(scope, None) or [
+            {"scale": [_SCALE_WEIGHT, _SCALE_WEIGHT],
+             "cells": [[0.0, 0.0] for _ in range((len(_M_BOUNDS) + 1) * _N_C)]}
+            for _ in _SOURCES]
+        self._scope_rates[scope] = rates
+        if len(self._scope_rates) > _RATED_SCOPES:
+            del self._scope_rates[next(iter(self._scope_rates))]
+        return rates
 
     def _confidence(self, source: int, matched: int, support: int, total: int) -> float:
         rates = self._rates[source]
