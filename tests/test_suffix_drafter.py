@@ -716,10 +716,14 @@ def test_acceptance_is_learned_per_scope():
     taught = confidences(drafter, scope_key("You are agent A."))
     assert taught[0] < untaught[0] - 0.2
     assert confidences(drafter, scope_key("You are agent B.")) == untaught
-    assert confidences(drafter, scope_key("You are agent A.")) == taught
-    for i in range(suffix_module._RATED_SCOPES):
+    assert confidences(drafter, scope_key("You are agent A.")) == taught  # used last now
+    for i in range(suffix_module._RATED_SCOPES - 1):
         confidences(drafter, f"scope {i}")
     assert len(drafter._scope_rates) == suffix_module._RATED_SCOPES
+    assert scope_key("You are agent B.") not in drafter._scope_rates  # used before A
+    assert confidences(drafter, scope_key("You are agent A.")) == taught
+    for i in range(suffix_module._RATED_SCOPES):
+        confidences(drafter, f"later scope {i}")
     assert confidences(drafter, scope_key("You are agent A.")) == untaught  # evicted
 
 
