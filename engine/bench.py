@@ -47,10 +47,9 @@ import llama_cpp  # noqa: F401  (llama.cpp's libraries before numpy: see engine/
 from engine import hardware, parity
 from engine.adaptive_window import AdaptiveController
 from engine.costs import LOOKUP_DRAFTERS, Costs
-from engine.drafters.suffix import scope_key
 from engine.prompting import prompt_tokens
 from engine.replay import Trace, copy_ceiling, load_costs, record, replay
-from engine.session import ChatRequest, LoadRequest, Session, system_prompt
+from engine.session import ChatRequest, LoadRequest, Session, suffix_scope
 from engine.speculative import Finished, GenerationParams, Step, generate
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -120,7 +119,7 @@ def run_one(session: Session, prompt: dict, mode: str, drafter: str, args) -> di
     if not args.keep_memory:  # else a run would draft the reply the plain run just gave
         suffix.forget()
     # the copy below drafts with this request's learned acceptance, as the chat will
-    suffix.scope(scope_key(system_prompt(prompt["messages"])))
+    suffix.scope(suffix_scope(prompt["messages"]))
     # for replaying auto on other machines' costs: the lookup drafters as this run finds them
     lookups = ({name: copy.deepcopy(d) for name, d in session.drafters().items()
                 if name in LOOKUP_DRAFTERS} if kind == "auto" and args.costs else {})

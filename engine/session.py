@@ -224,7 +224,7 @@ class Session:
                     on_step(step)
 
             suffix = self._drafters["suffix"]
-            suffix.scope(scope_key(system_prompt(request.messages)))
+            suffix.scope(suffix_scope(request.messages))
             suffix.reset(prompt, params.sampling)  # indexes this turn, drafting with it or not
             new_turn = suffix.new_prompt_tokens()
             stats_sent = 0.0
@@ -258,6 +258,12 @@ class Session:
             return
         self.calibration = calibrate(self.target, self._model_drafters(), loop_overhead,
                                      refresh=True, mode=self._numerics())
+
+
+def suffix_scope(messages: list[dict]) -> str:
+    """The suffix drafter's scope for a request: its store and its learned acceptance are
+    shared by the requests with the same system prompt."""
+    return scope_key(system_prompt(messages))
 
 
 def _safe(name: str) -> str:
